@@ -1,0 +1,86 @@
+"""Command line: ``python -m accel demo`` (tiny random model, decision table) and ``queue``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import SCM_POLICIES, SCM_PRESETS, CacheSettings, JobSettings, ModelSpec, SamplerSettings
+from .errors import UserInputError
+from .logs import setup_logging
+
+
+def _demo_parser(sub) -> None:
+    demo = sub.add_parser("demo", help="run the tiny random Wan2.2 model and print its cache decisions")
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="where trace.json and decisions.png go")
+    demo.add_argument("--steps", type=int, default=40)
+    demo.add_argument("--preset", choices=(*SCM_PRESETS, "none"), default="fast", help="SCM step mask preset")
+    demo.add_argument("--policy", choices=SCM_POLICIES, default="dynamic")
+    demo.add_argument("--no-cache", action="store_true", help="plain sampling, no cache-dit")
+    demo.add_argument("--ranks", type=int, default=1, help="worker processes (CPU: gloo)")
+    demo.add_argument("--ulysses", type=int, default=None, help="Ulysses degree (default: all ranks)")
+    demo.add_argument("--cfg-parallel", action="store_true", help="cond and uncond on different rank groups")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--frames", type=int, default=9, help="video frames (latent frames = (frames-1)/4+1)")
+    demo.add_argument("--height", type=int, default=64)
+    demo.add_argument("--width", type=int, default=64)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .scm import build_scm
+    from .smoke import smoke_embeddings
+    from .trace import format_table, write_chart
+
+    spec = ModelSpec(source="tiny-random", dtype="fp32")
+    settings = JobSettings(
+        sampler=SamplerSettings(steps=args.steps, seed=args.seed),
+        cache=None if args.no_cache else CacheSettings(),
+        scm=None if args.no_cache or args.preset == "none" else build_scm(args.steps, args.preset, policy=args.policy),
+    )
+    latent = torch.zeros(1, 16, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    cond, uncond = smoke_embeddings(args.seed, 32), smoke_embeddings(args.seed + 1, 32)
+    print("tiny-random Wan2.2 (2 layers, random weights): the output is noise; this shows the cache decisions.")
+    result = _run(spec, settings, cond, uncond, latent, args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result.trace.write_json(args.out / "trace.json")
+    write_chart(result.trace, args.out / "decisions.png")
+    print(format_table(result.trace))
+    print(f"\nwrote {args.out / 'trace.json'} and {args.out / 'decisions.png'}")
+    return 0
+
+
+def _run(spec, settings, cond, uncond, latent, args):
+    from tqdm import tqdm
+
+    from .sampler import Job, Runtime, run_job
+
+    job = Job(cond=cond, uncond=uncond, latent=latent, settings=settings)
+    with tqdm(total=settings.sampler.steps, desc="denoising", unit="step", file=sys.stderr) as bar:
+        def on_step(step, records):
+            bar.update(1)
+
+        if args.ranks <= 1:
+            return run_job(Runtime.load(spec), job, on_step=on_step)
+        from .parallel.group import ParallelLayout, WorkerGroup
+
+        layout = ParallelLayout.for_ranks(args.ranks, ulysses=args.ulysses, cfg_parallel=args.cfg_parallel)
+        with WorkerGroup(spec, layout) as group:
+            return group.run(job, on_step=on_step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m accel", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _demo_parser(sub)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return _demo(args)
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+

@@ -1,0 +1,150 @@
+"""Settings of one job, as dataclasses that travel as JSON (never pickled)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UserInputError
+
+EXPERTS = ("high", "low")
+BRANCHES = ("cond", "uncond")
+SCHEDULERS = ("unipc", "euler")
+DTYPES = ("bf16", "fp16", "fp32")
+SCM_PRESETS = ("slow", "medium", "fast", "ultra")
+SCM_POLICIES = ("dynamic", "static")
+MODEL_SOURCES = ("tiny-random", "a14b-random", "diffusers", "single-file")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the two experts come from. Workers load weights themselves from this."""
+
+    source: str = "tiny-random"
+    path: str | None = None  # diffusers directory with transformer/ and transformer_2/
+    high_path: str | None = None  # single-file safetensors, original Wan key layout
+    low_path: str | None = None
+    dtype: str = "bf16"
+    seed: int = 0  # random presets only
+
+    def __post_init__(self) -> None:
+        if self.source not in MODEL_SOURCES:
+            raise UserInputError(f"model source {self.source!r} is unknown; expected one of {MODEL_SOURCES}")
+        if self.dtype not in DTYPES:
+            raise UserInputError(f"dtype {self.dtype!r} is unknown; expected one of {DTYPES}")
+        if self.source == "diffusers" and not self.path:
+            raise UserInputError("model source 'diffusers' needs a directory path")
+        if self.source == "single-file" and not (self.high_path and self.low_path):
+            raise UserInputError("model source 'single-file' needs both a high-noise and a low-noise file")
+
+
+@dataclass(frozen=True)
+class ExpertCacheConfig:
+    """DBCache + TaylorSeer settings of one expert (cache-dit's DBCacheConfig fields)."""
+
+    Fn_compute_blocks: int = 1
+    Bn_compute_blocks: int = 0
+    max_warmup_steps: int = 4
+    max_cached_steps: int = 8
+    max_continuous_cached_steps: int = -1
+    residual_diff_threshold: float = 0.24
+    taylorseer: bool = True
+    taylorseer_order: int = 1
+
+    def validate(self, expert: str, num_layers: int) -> None:
+        if self.Fn_compute_blocks < 1:
+            raise UserInputError(f"{expert} expert: Fn_compute_blocks must be >= 1, got {self.Fn_compute_blocks}")
+        if self.Bn_compute_blocks < 0:
+            raise UserInputError(f"{expert} expert: Bn_compute_blocks must be >= 0, got {self.Bn_compute_blocks}")
+        if self.Fn_compute_blocks + self.Bn_compute_blocks > num_layers:
+            raise UserInputError(
+                f"{expert} expert: Fn_compute_blocks + Bn_compute_blocks = "
+                f"{self.Fn_compute_blocks + self.Bn_compute_blocks} exceeds the model's {num_layers} layers"
+            )
+        if self.max_warmup_steps < 0:
+            raise UserInputError(f"{expert} expert: max_warmup_steps must be >= 0")
+        if not 0.0 <= self.residual_diff_threshold < 1.0:
+            raise UserInputError(
+                f"{expert} expert: residual_diff_threshold must be in [0, 1), got {self.residual_diff_threshold}"
+            )
+        if self.taylorseer_order < 1:
+            raise UserInputError(f"{expert} expert: taylorseer_order must be >= 1")
+
+
+# The SGLang Wan2.2 run: primary W4/MC8, secondary W2/MC20, F1B0, threshold 0.24, TaylorSeer.
+HIGH_DEFAULT = ExpertCacheConfig(max_warmup_steps=4, max_cached_steps=8)
+LOW_DEFAULT = ExpertCacheConfig(max_warmup_steps=2, max_cached_steps=20)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    high: ExpertCacheConfig = HIGH_DEFAULT
+    low: ExpertCacheConfig = LOW_DEFAULT
+
+    def for_expert(self, expert: str) -> ExpertCacheConfig:
+        return self.high if expert == "high" else self.low
+
+
+@dataclass(frozen=True)
+class ScmSettings:
+    """An SCM step mask over all steps (1 = compute, 0 = cache) and its policy."""
+
+    mask: tuple[int, ...]
+    policy: str = "dynamic"
+
+    def __post_init__(self) -> None:
+        if self.policy not in SCM_POLICIES:
+            raise UserInputError(f"SCM policy {self.policy!r} is unknown; expected one of {SCM_POLICIES}")
+        if not self.mask or any(bit not in (0, 1) for bit in self.mask):
+            raise UserInputError("SCM mask must be a non-empty sequence of 0 and 1")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    steps: int = 40
+    seed: int = 0
+    cfg_high: float = 4.0
+    cfg_low: float = 3.0
+    shift: float = 12.0
+    scheduler: str = "unipc"
+    boundary: float = 0.875  # fraction of the train timesteps where the low-noise expert takes over
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise UserInputError(f"steps must be >= 1, got {self.steps}")
+        if self.scheduler not in SCHEDULERS:
+            raise UserInputError(f"scheduler {self.scheduler!r} is unknown; expected one of {SCHEDULERS}")
+        if not 0.0 <= self.boundary <= 1.0:
+            raise UserInputError(f"boundary must be in [0, 1], got {self.boundary}")
+        if self.shift <= 0:
+            raise UserInputError(f"shift must be > 0, got {self.shift}")
+        if self.cfg_high < 1.0 or self.cfg_low < 1.0:
+            raise UserInputError("cfg must be >= 1.0 (1.0 turns classifier-free guidance off)")
+
+    def guidance(self, expert: str) -> float:
+        return self.cfg_high if expert == "high" else self.cfg_low
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Everything about a job except its tensors."""
+
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    cache: CacheSettings | None = None
+    scm: ScmSettings | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "JobSettings":
+        cache = data.get("cache")
+        scm = data.get("scm")
+        return cls(
+            sampler=SamplerSettings(**data["sampler"]),
+            cache=None
+            if cache is None
+            else CacheSettings(high=ExpertCacheConfig(**cache["high"]), low=ExpertCacheConfig(**cache["low"])),
+            scm=None if scm is None else ScmSettings(mask=tuple(scm["mask"]), policy=scm["policy"]),
+        )

@@ -1,0 +1,25 @@
+"""Logging setup shared by the CLI and the workers: the libraries' chatter kept to warnings."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+NOISY = {
+    "cache_dit": logging.WARNING,  # logs every hook it installs at INFO
+    "diffusers": logging.ERROR,  # e.g. torchao tensor types missing on CPU builds
+    "torchao": logging.ERROR,  # optional CUDA kernels missing on CPU machines
+    "torch.utils._pytree": logging.ERROR,
+}
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Call before cache_dit is imported: it reads its level from the environment once."""
+    os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "info" if verbose else "error")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        for name, level in NOISY.items():
+            logging.getLogger(name).setLevel(level)

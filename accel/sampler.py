@@ -1,0 +1,181 @@
+"""The denoising loop of one job, in one process or on one rank of a worker group."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from .cache import ExpertCaches, ExpertPlan, expert_forward
+from .config import EXPERTS, JobSettings
+from .errors import JobCancelled
+from .latent import process_in, process_out
+from .model import DualExperts, load_experts, model_config_for
+from .schedule import expert_of_steps, make_scheduler
+from .scm import expert_masks
+from .similarity import patched_similarity
+from .trace import StepRecord, Trace
+from .validate import validate_job
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    cond: torch.Tensor  # [B, L, text_dim]
+    uncond: torch.Tensor | None
+    latent: torch.Tensor  # [B, 16, T, H/8, W/8], ComfyUI's un-normalised Wan2.1 space
+    settings: JobSettings
+
+
+@dataclass
+class JobResult:
+    latent: torch.Tensor
+    trace: Trace
+
+
+class Topology(Protocol):
+    """Where the branches of a step run and how their results meet."""
+
+    cfg_parallel: bool
+    sp_group: object | None
+
+    def branches_here(self, branches: list[str]) -> list[str]: ...
+
+    def exchange(self, preds: dict[str, torch.Tensor], branches: list[str]) -> dict[str, torch.Tensor]: ...
+
+    def gather_records(self, records: list[StepRecord]) -> list[StepRecord]: ...
+
+
+class LocalTopology:
+    """One process runs every branch."""
+
+    cfg_parallel = False
+    sp_group = None
+
+    def branches_here(self, branches: list[str]) -> list[str]:
+        return branches
+
+    def exchange(self, preds: dict[str, torch.Tensor], branches: list[str]) -> dict[str, torch.Tensor]:
+        return preds
+
+    def gather_records(self, records: list[StepRecord]) -> list[StepRecord]:
+        return records
+
+
+class Runtime:
+    """A loaded model with its cache hooks: what a warm worker keeps between jobs."""
+
+    def __init__(self, experts: DualExperts, device: torch.device, topology: Topology | None = None):
+        self.experts = experts
+        self.device = device
+        self.topology = topology or LocalTopology()
+        self.caches = ExpertCaches(experts)
+
+    @classmethod
+    def load(cls, spec, device: torch.device | str = "cpu") -> "Runtime":
+        return cls(load_experts(spec, device), torch.device(device))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_job(
+    runtime: Runtime,
+    job: Job,
+    *,
+    on_step: Callable[[int, list[StepRecord]], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> JobResult:
+    settings = job.settings
+    sampler = settings.sampler
+    model_config = dict(runtime.experts.config)
+    validate_job(
+        settings, model_config, tuple(job.latent.shape), tuple(job.cond.shape),
+        None if job.uncond is None else tuple(job.uncond.shape),
+    )
+    device, topology = runtime.device, runtime.topology
+    dtype = runtime.experts.high.dtype
+    scheduler = make_scheduler(sampler)
+    timesteps = scheduler.timesteps
+    experts_of_step = expert_of_steps(timesteps, sampler.boundary)
+    masks = expert_masks(settings.scm, experts_of_step) if settings.scm is not None else {}
+    plans = {
+        expert: ExpertPlan(
+            steps=experts_of_step.count(expert),
+            config=settings.cache.for_expert(expert) if settings.cache is not None else None,
+            mask=masks.get(expert) if settings.cache is not None else None,
+            policy=settings.scm.policy if settings.scm is not None else "dynamic",
+            separate_cfg=sampler.guidance(expert) > 1.0 and not topology.cfg_parallel,
+        )
+        for expert in EXPERTS
+        if expert in experts_of_step
+    }
+    runtime.caches.refresh(plans)
+
+    batch = job.latent.shape[0]
+    texts = {"cond": job.cond, "uncond": job.uncond}
+    texts = {k: None if v is None else v.to(device, dtype).expand(batch, -1, -1) for k, v in texts.items()}
+    generator = torch.Generator("cpu").manual_seed(sampler.seed)
+    noise = torch.randn(job.latent.shape, generator=generator, dtype=torch.float32)
+    sigma0 = float(scheduler.sigmas[0])
+    latents = (sigma0 * noise + (1.0 - sigma0) * process_in(job.latent.float())).to(device)
+
+    trace = Trace(steps=sampler.steps, info={"settings": settings.to_dict(), "model": model_config.get("num_layers")})
+    local_step = {expert: 0 for expert in EXPERTS}
+    started = time.perf_counter()
+    with torch.no_grad(), patched_similarity(runtime.caches.manager, topology.sp_group):
+        for step, t in enumerate(timesteps):
+            if should_cancel is not None and should_cancel():
+                raise JobCancelled(f"cancelled before step {step} of {sampler.steps}")
+            expert = experts_of_step[step]
+            guidance = sampler.guidance(expert)
+            branches = ["cond", "uncond"] if guidance > 1.0 else ["cond"]
+            module = runtime.experts.expert(expert)
+            model_in = latents.to(dtype)
+            timestep = t.expand(batch).to(device)
+            scm_bit = masks[expert][local_step[expert]] if masks else None
+            preds: dict[str, torch.Tensor] = {}
+            records: list[StepRecord] = []
+            for branch in topology.branches_here(branches):
+                begin = time.perf_counter()
+                preds[branch] = expert_forward(module, model_in, timestep, texts[branch])
+                _sync(device)
+                decision = runtime.caches.last_decision(expert)
+                records.append(StepRecord(
+                    step=step, expert=expert, branch=branch, scm=scm_bit,
+                    decision="cache" if decision.cached else "compute",
+                    residual_diff=decision.residual_diff, threshold=decision.threshold,
+                    taylorseer=decision.taylorseer, wall_ms=(time.perf_counter() - begin) * 1e3,
+                    timestep=float(t), local_step=decision.local_step,
+                ))
+            preds = topology.exchange(preds, branches)
+            pred = preds["cond"].float()
+            if guidance > 1.0:
+                uncond = preds["uncond"].float()
+                pred = uncond + guidance * (pred - uncond)
+            latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+            local_step[expert] += 1
+            step_records = topology.gather_records(records)
+            trace.add(step_records)
+            if on_step is not None:
+                on_step(step, step_records)
+    _sync(device)
+    trace.info["denoise_s"] = time.perf_counter() - started
+    if device.type == "cuda":
+        trace.info["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return JobResult(latent=process_out(latents.float()).cpu(), trace=trace)
+
+
+def check_job(spec, job: Job) -> None:
+    """Validate a job against a model spec without loading weights (host side)."""
+    validate_job(
+        job.settings, model_config_for(spec), tuple(job.latent.shape), tuple(job.cond.shape),
+        None if job.uncond is None else tuple(job.uncond.shape),
+    )

@@ -1,0 +1,62 @@
+"""SCM step masks: built with cache-dit's ``steps_mask``, split between the two experts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .config import SCM_PRESETS, ScmSettings
+from .errors import UserInputError
+
+
+def build_scm(
+    steps: int,
+    preset: str | None = "fast",
+    compute_bins: Sequence[int] | None = None,
+    cache_bins: Sequence[int] | None = None,
+    policy: str = "dynamic",
+) -> ScmSettings:
+    """A mask of exactly ``steps`` bits from a preset or from explicit compute/cache bins."""
+    import cache_dit
+
+    if compute_bins or cache_bins:
+        if not (compute_bins and cache_bins):
+            raise UserInputError("SCM bins need both compute_bins and cache_bins")
+        if any(b <= 0 for b in (*compute_bins, *cache_bins)):
+            raise UserInputError("SCM bins must be positive step counts")
+        if len(compute_bins) not in (len(cache_bins), len(cache_bins) + 1):
+            raise UserInputError(
+                f"SCM bins alternate compute, cache, compute...: {len(compute_bins)} compute bins "
+                f"need {len(compute_bins) - 1} or {len(compute_bins)} cache bins, got {len(cache_bins)}"
+            )
+        covered = sum(compute_bins) + sum(cache_bins)
+        if covered != steps:
+            raise UserInputError(f"SCM bins cover {covered} steps but the sampler runs {steps} steps")
+        mask = cache_dit.steps_mask(compute_bins=list(compute_bins), cache_bins=list(cache_bins), total_steps=steps)
+    else:
+        if preset not in SCM_PRESETS:
+            raise UserInputError(f"SCM preset {preset!r} is unknown; expected one of {SCM_PRESETS}")
+        mask = cache_dit.steps_mask(total_steps=steps, mask_policy=preset)
+    return ScmSettings(mask=tuple(int(b) for b in mask[:steps]), policy=policy)
+
+
+def check_mask_length(scm: ScmSettings, steps: int) -> None:
+    if len(scm.mask) != steps:
+        raise UserInputError(
+            f"SCM mask has {len(scm.mask)} steps but the sampler runs {steps} steps; "
+            "build the mask with the sampler's step count"
+        )
+
+
+def expert_masks(scm: ScmSettings, experts: Sequence[str]) -> dict[str, list[int]]:
+    """Each expert's slice of the mask, its first step forced to compute.
+
+    cache-dit's static policy caches a mask-0 step without looking for a cached residual;
+    an expert's first step has none yet (cache-dit fails with "State 'blocks_Bn_residual'
+    not found"), so that step must compute.
+    """
+    masks: dict[str, list[int]] = {}
+    for bit, expert in zip(scm.mask, experts):
+        masks.setdefault(expert, []).append(bit)
+    for bits in masks.values():
+        bits[0] = 1
+    return masks
