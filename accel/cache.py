@@ -106,13 +106,17 @@ class ExpertCaches:
         return self.manager.get_context(module._context_names[0])
 
     def refresh(self, plans: dict[str, ExpertPlan]) -> None:
-        """New contexts for every expert: nothing of an earlier job survives."""
-        import cache_dit
+        """New contexts for every expert: nothing of an earlier job survives.
 
+        Not ``cache_dit.refresh_context``: it merges the new config into the old one field by
+        field and skips None values, so a job without an SCM mask would inherit the previous
+        job's mask. ``reset_context`` builds the context from exactly these settings.
+        """
         for expert, plan in plans.items():
             cache_config, calibrator = _cache_dit_configs(plan)
-            cache_dit.refresh_context(
-                self.experts.expert(expert), cache_config=cache_config, calibrator_config=calibrator
+            module = self.experts.expert(expert)
+            self.manager.reset_context(
+                module._context_names[0], cache_config=cache_config, calibrator_config=calibrator
             )
             self.plans[expert] = plan
 

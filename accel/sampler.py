@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -75,6 +76,8 @@ class Runtime:
         self.device = device
         self.topology = topology or LocalTopology()
         self.caches = ExpertCaches(experts)
+        # False only in tests that show what cache-dit's unpatched world-group similarity does.
+        self.patch_similarity = True
 
     @classmethod
     def load(cls, spec, device: torch.device | str = "cpu") -> "Runtime":
@@ -130,7 +133,9 @@ def run_job(
     trace = Trace(steps=sampler.steps, info={"settings": settings.to_dict(), "model": model_config.get("num_layers")})
     local_step = {expert: 0 for expert in EXPERTS}
     started = time.perf_counter()
-    with torch.no_grad(), patched_similarity(runtime.caches.manager, topology.sp_group):
+    similarity = (patched_similarity(runtime.caches.manager, topology.sp_group) if runtime.patch_similarity
+                  else contextlib.nullcontext())
+    with torch.no_grad(), similarity:
         for step, t in enumerate(timesteps):
             if should_cancel is not None and should_cancel():
                 raise JobCancelled(f"cancelled before step {step} of {sampler.steps}")

@@ -118,6 +118,19 @@ def test_two_identical_cached_jobs_in_a_row_are_identical(runtime):
     assert first.trace.summary() == second.trace.summary()
 
 
+def test_settings_of_one_job_do_not_leak_into_the_next(runtime):
+    """cache-dit's refresh_context keeps an old SCM mask when the new config has none."""
+    from accel.sampler import Runtime
+
+    without_mask = tiny_job(settings(steps=20))
+    run_job(runtime, tiny_job(settings(steps=20, preset="ultra", policy="static")))
+    after = run_job(runtime, without_mask)
+    fresh = run_job(Runtime.load(TINY), without_mask)
+    assert torch.equal(after.latent, fresh.latent)
+    assert all(r.scm is None for r in after.trace.records)
+    assert [r.decision for r in after.trace.records] == [r.decision for r in fresh.trace.records]
+
+
 def test_cached_run_differs_from_plain_but_stays_close(runtime):
     plain = run_job(runtime, tiny_job(settings(cache=False))).latent
     cached = run_job(runtime, tiny_job(settings(preset="fast"))).latent

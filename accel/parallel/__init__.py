@@ -1,0 +1,1 @@
+"""Multi-process worker groups: Ulysses sequence parallel x CFG parallel, one process per GPU."""

@@ -1,0 +1,225 @@
+"""The host side of a worker group: launch, run jobs, stream progress, cancel, tear down."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..config import ModelSpec
+from ..errors import JobCancelled, UserInputError, WorkerGroupError
+from ..model import model_config_for
+from ..sampler import Job, JobResult, check_job
+from ..trace import StepRecord, Trace
+from .channel import Message, listen, receive, send
+from .launch import free_port, start_worker
+from .layout import ParallelLayout
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.1
+START_TIMEOUT_S = 1800.0  # loading two 14B experts from a slow disk takes minutes
+COLLECTIVE_TIMEOUT_S = 1200.0  # the first compiled FP8 forward takes ~200 s on every rank at once
+SHUTDOWN_GRACE_S = 5.0
+
+
+class WorkerGroup:
+    """N worker processes joined by torch.distributed; rank 0 talks to this host."""
+
+    def __init__(self, spec: ModelSpec, layout: ParallelLayout, *, start_timeout_s: float = START_TIMEOUT_S,
+                 collective_timeout_s: float = COLLECTIVE_TIMEOUT_S):
+        self.spec = spec
+        self.layout = layout
+        self.key = (spec, layout)
+        self.start_timeout_s = start_timeout_s
+        self.collective_timeout_s = collective_timeout_s
+        self.procs: list[subprocess.Popen] = []
+        self.conn = None
+        self.ready: dict = {}
+        self.log_dir = Path(tempfile.mkdtemp(prefix="cachedit-workers-"))
+        self._cancel = threading.Event()
+        self._closed = False
+
+    # lifecycle
+
+    def start(self) -> "WorkerGroup":
+        self.layout.check_model(model_config_for(self.spec)["num_attention_heads"])
+        listener, key = listen()
+        try:
+            config = dict(
+                world=self.layout.world, master_port=free_port(), channel_port=listener.address[1],
+                parent_pid=os.getpid(), collective_timeout_s=self.collective_timeout_s,
+                spec=dataclasses.asdict(self.spec), layout=dataclasses.asdict(self.layout),
+            )
+            for rank in range(self.layout.world):
+                self.procs.append(start_worker({**config, "rank": rank}, key, self.layout.devices,
+                                               self.log_dir / f"rank{rank}.log"))
+            self.conn = self._accept(listener)
+        finally:
+            listener.close()
+        message = self._wait_message(time.monotonic() + self.start_timeout_s, "loading the model")
+        if message.kind != "ready":
+            self._fail_with(message)
+        self.ready = message.payload
+        log.info("worker group ready: %s on %s", self.layout, self.spec.source)
+        return self
+
+    def _accept(self, listener):
+        accepted: list = []
+        thread = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)
+        thread.start()
+        deadline = time.monotonic() + self.start_timeout_s
+        while thread.is_alive():
+            thread.join(POLL_S)
+            self._check_alive()
+            if time.monotonic() > deadline:
+                self.close()
+                raise WorkerGroupError(f"rank 0 did not connect within {self.start_timeout_s:.0f} s")
+        if not accepted:
+            self.close()
+            raise WorkerGroupError("rank 0 failed to authenticate with the host")
+        return accepted[0]
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed and all(p.poll() is None for p in self.procs)
+
+    def close(self) -> None:
+        """Shut the workers down (politely, then by force) and free their GPU memory."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.conn is not None and all(p.poll() is None for p in self.procs):
+            try:
+                send(self.conn, Message("shutdown"))
+            except OSError:
+                pass
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        self._kill()
+        if self.conn is not None:
+            self.conn.close()
+
+    def _kill(self) -> None:
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the worker and anything it started
+            except ProcessLookupError:
+                pass
+        for proc in self.procs:
+            proc.wait()
+
+    def __enter__(self) -> "WorkerGroup":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # failures
+
+    def _log_tail(self, rank: int, lines: int = 15) -> str:
+        path = self.log_dir / f"rank{rank}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def _check_alive(self) -> None:
+        if any(proc.poll() is not None for proc in self.procs):
+            raise self._failure()
+
+    def _failure(self, reported: str | None = None) -> WorkerGroupError:
+        """Tear the group down and say which rank failed first and how."""
+        settle = time.monotonic() + 1.0  # the other ranks fail their collectives right after
+        while time.monotonic() < settle and not all(p.poll() is not None for p in self.procs):
+            time.sleep(POLL_S)
+        dead = [(rank, proc.returncode) for rank, proc in enumerate(self.procs) if proc.poll() is not None]
+        self.close()
+        signalled = [d for d in dead if d[1] < 0]
+        parts = []
+        if signalled or dead:
+            rank, code = (signalled or dead)[0]
+            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            parts.append(f"worker rank {rank} {how}")
+            log_path = self.log_dir / f"rank{rank}.log"
+        else:
+            rank, log_path = 0, self.log_dir / "rank0.log"
+        if reported:
+            parts.append(f"rank 0 reported: {reported}")
+        return WorkerGroupError(
+            "; ".join(parts) + "; the worker group was shut down and the next job starts a fresh one. "
+            f"Last lines of {log_path}:\n{self._log_tail(rank)}"
+        )
+
+    def _fail_with(self, message: Message) -> None:
+        if message.kind == "error" and message.payload.get("kind") == "input":
+            raise UserInputError(message.payload["message"])
+        raise self._failure(message.payload.get("message", message.kind))
+
+    def _wait_message(self, deadline: float, doing: str) -> Message:
+        while not self.conn.poll(POLL_S):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                self.close()
+                raise WorkerGroupError(f"no answer from the worker group while {doing}")
+        try:
+            return receive(self.conn)
+        except (EOFError, OSError) as error:
+            raise self._failure(f"lost the connection to rank 0 while {doing}") from error
+
+    # jobs
+
+    def cancel(self) -> None:
+        """Ask the running job to stop before its next step (thread safe)."""
+        self._cancel.set()
+
+    def run(
+        self,
+        job: Job,
+        *,
+        on_step: Callable[[int, list[StepRecord]], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        timeout_s: float = 24 * 3600.0,
+    ) -> JobResult:
+        if not self.alive:
+            raise WorkerGroupError("the worker group is not running")
+        check_job(self.spec, job)
+        patch = model_config_for(self.spec)["patch_size"]
+        self.layout.check_tokens(tuple(n // p for n, p in zip(job.latent.shape[2:], patch)), 8 * patch[1])
+        self._cancel.clear()
+        tensors = {"cond": job.cond, "latent": job.latent}
+        if job.uncond is not None:
+            tensors["uncond"] = job.uncond
+        send(self.conn, Message("job", {"settings": job.settings.to_dict()}, tensors))
+        cancel_sent = False
+        deadline = time.monotonic() + timeout_s
+        while True:
+            while True:
+                if not cancel_sent and (self._cancel.is_set() or (should_cancel is not None and should_cancel())):
+                    send(self.conn, Message("cancel"))
+                    cancel_sent = True
+                if self.conn.poll(POLL_S):
+                    break
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise WorkerGroupError(f"the job did not finish within {timeout_s:.0f} s")
+            message = self._wait_message(deadline, "running the job")
+            if message.kind == "step":
+                if on_step is not None:
+                    on_step(message.payload["step"], [StepRecord(**r) for r in message.payload["records"]])
+            elif message.kind == "done":
+                return JobResult(latent=message.tensors["latent"], trace=Trace.from_dict(message.payload["trace"]))
+            elif message.kind == "cancelled":
+                raise JobCancelled(message.payload["message"])
+            else:
+                self._fail_with(message)

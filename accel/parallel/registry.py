@@ -1,0 +1,48 @@
+"""The one warm worker group of this process (the pack's only global mutable state).
+
+GPUs are shared by every prompt, so at most one group is alive: a job with the same model and
+layout reuses it (weights stay loaded), a different one replaces it. It is shut down at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+
+from ..config import ModelSpec
+from .group import WorkerGroup
+from .layout import ParallelLayout
+
+
+class WorkerGroupRegistry:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._group: WorkerGroup | None = None
+
+    def acquire(self, spec: ModelSpec, layout: ParallelLayout) -> WorkerGroup:
+        with self._lock:
+            group = self._group
+            if group is not None and group.key == (spec, layout) and group.alive:
+                return group
+            if group is not None:
+                group.close()
+            self._group = None
+            self._group = WorkerGroup(spec, layout).start()
+            return self._group
+
+    @property
+    def current(self) -> WorkerGroup | None:
+        return self._group
+
+    def release(self) -> bool:
+        """Shut the warm group down (ComfyUI's /free, the pack's release route, exit)."""
+        with self._lock:
+            group, self._group = self._group, None
+        if group is None:
+            return False
+        group.close()
+        return True
+
+
+REGISTRY = WorkerGroupRegistry()
+atexit.register(REGISTRY.release)

@@ -1,0 +1,185 @@
+"""Entry point of one worker process (one rank, one GPU or one CPU rank on gloo).
+
+Started by ``launch.py``, which imports this core by file path: a worker never imports
+ComfyUI and never needs to know the name ComfyUI gave the pack.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ..config import JobSettings, ModelSpec
+from ..errors import JobCancelled, UserInputError
+from ..logs import setup_logging
+from ..sampler import Job, Runtime, run_job
+from .channel import Message, connect, receive, send
+from .layout import ParallelLayout
+from .mesh import build_mesh, enable_ulysses
+from .topology import GroupTopology
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT = timedelta(days=30)  # the control group waits for the next job as long as the host lives
+
+
+@dataclass
+class WorkerConfig:
+    rank: int
+    world: int
+    master_port: int
+    channel_port: int
+    parent_pid: int
+    collective_timeout_s: float
+    spec: dict
+    layout: dict
+
+    @classmethod
+    def from_env(cls) -> "WorkerConfig":
+        return cls(**json.loads(os.environ["ACCEL_WORKER"]))
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """No orphans: exit within a second of the host's death, whatever this rank is blocked in."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, conn):
+        self.config = config
+        self.conn = conn
+        self.layout = ParallelLayout(**{**config.layout, "devices": tuple(config.layout["devices"])
+                                        if config.layout["devices"] is not None else None})
+        self.spec = ModelSpec(**config.spec)
+        self.rank = config.rank
+        if self.layout.devices is None:
+            self.device = torch.device("cpu")
+        else:
+            self.device = torch.device("cuda", self.rank)  # CUDA_VISIBLE_DEVICES holds the group's GPUs
+            torch.cuda.set_device(self.device)
+        dist.init_process_group(
+            self.layout.backend, init_method=f"tcp://127.0.0.1:{config.master_port}", rank=self.rank,
+            world_size=config.world, timeout=timedelta(seconds=config.collective_timeout_s),
+            device_id=self.device if self.device.type == "cuda" else None,
+        )
+        self.control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
+        mesh = build_mesh(self.layout, self.device.type)
+        self.runtime = Runtime.load(self.spec, self.device)
+        self.runtime.topology = GroupTopology(self.layout, mesh, self.control)
+        self.runtime.patch_similarity = not self.layout.world_similarity
+        self.layout.check_model(self.runtime.experts.config["num_attention_heads"])
+        self.cp_configs = []
+        if self.layout.ulysses > 1:
+            for module in (self.runtime.experts.high, self.runtime.experts.low):
+                self.cp_configs.append(enable_ulysses(module, mesh, self.layout.ulysses))
+        self.loaded_at = time.time()
+        self.jobs = 0
+
+    def _broadcast(self, message: Message | None) -> Message:
+        box = [message]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
+
+    def _should_cancel(self) -> bool:
+        flag = torch.zeros(1, dtype=torch.int32)
+        if self.rank == 0 and self.conn.poll():
+            flag[0] = int(receive(self.conn).kind == "cancel")
+        dist.broadcast(flag, src=0, group=self.control)
+        return bool(flag[0])
+
+    def _on_step(self, step: int, records) -> None:
+        send(self.conn, Message("step", {"step": step, "records": [r.to_dict() for r in records]}))
+
+    def _set_uneven(self, job: Job) -> None:
+        """Ulysses on a sequence the degree does not divide: cache-dit's uneven ("anything") mode."""
+        patch = self.runtime.experts.config["patch_size"]
+        frames, height, width = job.latent.shape[2:]
+        tokens = (frames // patch[0]) * (height // patch[1]) * (width // patch[2])
+        for cp_config in self.cp_configs:
+            cp_config.ulysses_anything = tokens % self.layout.ulysses != 0
+
+    def _memory_per_rank(self) -> list[float | None]:
+        mine = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
+        gathered = [None] * self.config.world
+        dist.all_gather_object(gathered, mine, group=self.control)
+        return gathered
+
+    def serve(self) -> None:
+        if self.rank == 0:
+            send(self.conn, Message("ready", {"pid": os.getpid(), "loaded_at": self.loaded_at}))
+        while True:
+            message = self._broadcast(receive(self.conn) if self.rank == 0 else None)
+            if message.kind == "shutdown":
+                return
+            if message.kind != "job":
+                continue  # a cancel that arrived after its job ended
+            self._run(message)
+
+    def _run(self, message: Message) -> None:
+        job = Job(
+            cond=message.tensors["cond"], uncond=message.tensors.get("uncond"), latent=message.tensors["latent"],
+            settings=JobSettings.from_dict(message.payload["settings"]),
+        )
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            self._set_uneven(job)
+            result = run_job(
+                self.runtime, job, should_cancel=self._should_cancel,
+                on_step=self._on_step if self.rank == 0 else None,
+            )
+        except UserInputError as error:
+            if self.rank == 0:
+                send(self.conn, Message("error", {"kind": "input", "message": str(error)}))
+            return
+        except JobCancelled as error:
+            if self.rank == 0:
+                send(self.conn, Message("cancelled", {"message": str(error)}))
+            return
+        self.jobs += 1
+        memory = self._memory_per_rank()
+        if self.rank == 0:
+            result.trace.info.update(
+                peak_mem_gb_per_rank=memory, jobs_served=self.jobs, loaded_at=self.loaded_at,
+                layout={"ulysses": self.layout.ulysses, "cfg": self.layout.cfg, "world": self.layout.world},
+            )
+            send(self.conn, Message("done", {"trace": result.trace.to_dict()}, {"latent": result.latent}))
+
+
+def main() -> int:
+    config = WorkerConfig.from_env()
+    die_with_parent(config.parent_pid)
+    setup_logging(os.environ.get("ACCEL_VERBOSE") == "1")
+    # Rank 0 connects first, so that a failure while loading reaches the host as a message.
+    key = bytes.fromhex(os.environ.pop("ACCEL_CHANNEL_KEY", ""))
+    conn = connect(("127.0.0.1", config.channel_port), key) if config.rank == 0 else None
+    try:
+        Worker(config, conn).serve()
+    except Exception as error:  # noqa: BLE001 (report anything, then die: the host tears the group down)
+        traceback.print_exc()
+        if conn is not None:
+            try:
+                kind = "input" if isinstance(error, UserInputError) else "fatal"
+                send(conn, Message("error", {"kind": kind, "message": str(error) if kind == "input" else repr(error)}))
+            except OSError:
+                pass
+        sys.stderr.flush()
+        os._exit(1)
+    dist.destroy_process_group()
+    return 0

@@ -1,0 +1,189 @@
+"""Worker groups on CPU: 2 gloo ranks, tiny model. Parity with one process, agreement between
+ranks, the similarity patch, faults, cancel, warm reuse."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from accel.config import CacheSettings, ExpertCacheConfig, JobSettings, SamplerSettings
+from accel.errors import JobCancelled, UserInputError, WorkerGroupError
+from accel.parallel.group import WorkerGroup
+from accel.parallel.layout import ParallelLayout
+from accel.parallel.registry import WorkerGroupRegistry
+from accel.sampler import run_job
+from accel.scm import build_scm
+
+from .conftest import TINY, tiny_job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cached(steps=20, policy="dynamic", preset="fast", **cache) -> JobSettings:
+    config = ExpertCacheConfig(**cache) if cache else None
+    return JobSettings(
+        sampler=SamplerSettings(steps=steps),
+        cache=CacheSettings(high=config, low=config) if config else CacheSettings(),
+        scm=build_scm(steps, preset, policy=policy) if preset else None,
+    )
+
+
+def decisions(trace):
+    return sorted((r.step, r.expert, r.branch, r.decision, r.residual_diff) for r in trace.records)
+
+
+def pids_gone(pids, within_s=5.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("layout", [ParallelLayout(ulysses=2), ParallelLayout(cfg=2)], ids=["ulysses2", "cfg2"])
+def test_parallel_run_decides_and_samples_as_one_process(runtime, layout):
+    with WorkerGroup(TINY, layout) as group:
+        for policy in ("dynamic", "static"):
+            job = tiny_job(cached(policy=policy))
+            single = run_job(runtime, job)
+            parallel = group.run(job)
+            assert decisions(parallel.trace) == decisions(single.trace)
+            assert torch.allclose(parallel.latent, single.latent, rtol=1e-5, atol=1e-6)
+            assert all(r.ranks_agreed for r in parallel.trace.records)
+            assert {r.ranks for r in parallel.trace.records} == {2 if layout.ulysses == 2 else 1}
+            assert any(r.decision == "cache" for r in parallel.trace.records)
+
+
+def test_world_group_similarity_diverges_from_one_process_and_the_patch_does_not(runtime):
+    """cfg 2 x ulysses 1: unpatched cache-dit averages the cond and uncond ranks' diffs."""
+    probe = cached(steps=12, preset=None, residual_diff_threshold=1e-9, max_warmup_steps=4, max_cached_steps=-1)
+    single = run_job(runtime, tiny_job(probe)).trace
+    with WorkerGroup(TINY, ParallelLayout(cfg=2, world_similarity=True)) as unpatched:
+        world = unpatched.run(tiny_job(probe)).trace
+        first = {(r.expert, r.branch): r.residual_diff for r in single.records if r.step == 4}
+        blended = {(r.expert, r.branch): r.residual_diff for r in world.records if r.step == 4}
+        assert blended[("high", "cond")] != pytest.approx(first[("high", "cond")], rel=1e-3)
+        # A threshold between the true and the blended diff: one process caches step 4, the
+        # unpatched group computes it (or the other way round).
+        threshold = (first[("high", "cond")] + blended[("high", "cond")]) / 2
+        decide = cached(steps=12, preset=None, residual_diff_threshold=threshold, max_warmup_steps=4,
+                        max_cached_steps=-1)
+        world_step4 = [r for r in unpatched.run(tiny_job(decide)).trace.records if r.step == 4 and r.branch == "cond"]
+    single_step4 = [r for r in run_job(runtime, tiny_job(decide)).trace.records if r.step == 4 and r.branch == "cond"]
+    assert world_step4[0].decision != single_step4[0].decision
+    with WorkerGroup(TINY, ParallelLayout(cfg=2)) as patched:
+        patched_trace = patched.run(tiny_job(decide)).trace
+    assert decisions(patched_trace) == decisions(run_job(runtime, tiny_job(decide)).trace)
+
+
+def test_killed_worker_is_an_error_within_seconds_and_leaves_no_process():
+    group = WorkerGroup(TINY, ParallelLayout(ulysses=2)).start()
+    pids = [p.pid for p in group.procs]
+    killed_at = []
+
+    def kill_rank1(step, records):
+        if step == 2:
+            os.kill(pids[1], signal.SIGKILL)
+            killed_at.append(time.monotonic())
+
+    with pytest.raises(WorkerGroupError, match="rank 1 killed by signal 9"):
+        group.run(tiny_job(cached(steps=2000, preset=None)), on_step=kill_rank1)
+    assert time.monotonic() - killed_at[0] < 5.0
+    assert pids_gone(pids)
+    assert not group.alive
+
+
+def test_cancel_stops_within_a_step_and_the_group_stays_usable():
+    with WorkerGroup(TINY, ParallelLayout(ulysses=2)) as group:
+        seen = []
+
+        def cancel_at_3(step, records):
+            seen.append(step)
+            if step == 3:
+                group.cancel()
+
+        with pytest.raises(JobCancelled, match=r"cancelled before step (\d+) of 2000") as cancelled:
+            group.run(tiny_job(cached(steps=2000, preset=None)), on_step=cancel_at_3)
+        stopped = int(cancelled.value.args[0].split()[3])
+        # Every step the workers finished was reported before they stopped: no step ran after it.
+        assert seen == list(range(stopped)) and stopped < 2000
+        pids = [p.pid for p in group.procs]
+        result = group.run(tiny_job(cached()))
+        assert result.trace.records and group.alive and [p.pid for p in group.procs] == pids
+
+
+def test_warm_group_is_reused_and_a_new_layout_restarts_it():
+    registry = WorkerGroupRegistry()
+    try:
+        first = registry.acquire(TINY, ParallelLayout(ulysses=2))
+        one = first.run(tiny_job(cached(steps=6)))
+        again = registry.acquire(TINY, ParallelLayout(ulysses=2))
+        two = again.run(tiny_job(cached(steps=6)))
+        assert again is first
+        assert two.trace.info["loaded_at"] == one.trace.info["loaded_at"]  # weights loaded once
+        assert (one.trace.info["jobs_served"], two.trace.info["jobs_served"]) == (1, 2)
+        old_pids = [p.pid for p in first.procs]
+        other = registry.acquire(TINY, ParallelLayout(cfg=2))
+        assert other is not first and pids_gone(old_pids)
+    finally:
+        assert registry.release()
+    assert pids_gone([p.pid for p in other.procs])
+
+
+def test_workers_die_with_their_host():
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from accel.parallel.group import WorkerGroup
+        from accel.parallel.layout import ParallelLayout
+        from accel.config import ModelSpec
+        group = WorkerGroup(ModelSpec(dtype="fp32"), ParallelLayout(ulysses=2)).start()
+        print(" ".join(str(p.pid) for p in group.procs), flush=True)
+        os._exit(0)  # as if the server was killed: no cleanup runs
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2, out.stderr
+    assert pids_gone(pids, within_s=5.0)
+
+
+def test_layouts_that_do_not_fit_are_refused_before_launch():
+    with pytest.raises(UserInputError, match=r"valid degrees: \[1, 2\]"):
+        WorkerGroup(TINY, ParallelLayout(ulysses=4)).start()
+    with pytest.raises(UserInputError, match="2 GPUs given"):
+        ParallelLayout(ulysses=2, cfg=2, devices=(0, 1))
+
+
+def test_uneven_sequence_on_cpu_ranks_names_valid_sizes():
+    with WorkerGroup(TINY, ParallelLayout(ulysses=2)) as group:
+        with pytest.raises(UserInputError, match="valid heights"):
+            group.run(tiny_job(cached(steps=4), latent_hw=(6, 10)))
+        assert group.run(tiny_job(cached(steps=4))).trace.records  # still usable
+
+
+def test_demo_with_two_ranks_prints_the_same_table_with_agreement(tmp_path, capsys):
+    from accel.cli import main
+
+    assert main(["demo", "--steps", "10", "--out", str(tmp_path / "one")]) == 0
+    one = capsys.readouterr().out
+    assert main(["demo", "--steps", "10", "--ranks", "2", "--out", str(tmp_path / "two")]) == 0
+    two = capsys.readouterr().out
+    assert "yes (2 ranks)" in two and "NO" not in two
+    strip = [line[:100] for line in one.splitlines() if line[:4].strip().isdigit()]
+    assert strip == [line[:100] for line in two.splitlines() if line[:4].strip().isdigit()]
