@@ -93,7 +93,7 @@ def format_table(trace: Trace) -> str:
     by_step: dict[int, dict[str, StepRecord]] = {}
     for record in trace.records:
         by_step.setdefault(record.step, {})[row_key(record)] = record
-    parallel = any(r.ranks > 1 for r in trace.records)
+    parallel = "layout" in trace.info  # from a worker group
     header = f"{'step':>4} {'t':>6} {'scm':>3}  " + "  ".join(f"{row:<21}" for row in rows)
     if parallel:
         header += "  ranks agreed"
