@@ -15,6 +15,19 @@ DTYPES = ("bf16", "fp16", "fp32")
 SCM_PRESETS = ("slow", "medium", "fast", "ultra")
 SCM_POLICIES = ("dynamic", "static")
 MODEL_SOURCES = ("tiny-random", "a14b-random", "diffusers", "single-file")
+# cache-dit 1.5.3 quantization types (torchao); FP8 needs CUDA compute capability >= 8.9.
+QUANT_TYPES = (
+    "float8_per_row", "float8_per_tensor", "float8_per_block", "float8_weight_only",
+    "int8_per_row", "int8_per_tensor", "int8_weight_only",
+)
+DEFAULT_QUANT_EXCLUDES = ("embedder", "embed", "modulation", "mod")  # cache-dit's default
+# This pack's name -> (cache-dit backend name, Python package it needs)
+ATTENTION_BACKENDS = {
+    "native": ("native", None),
+    "cudnn": ("_sdpa_cudnn", None),
+    "flash": ("flash", "flash_attn"),
+    "sage": ("sage", "sageattention"),
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,42 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class QuantSettings:
+    quant_type: str = "float8_per_row"
+    exclude_layers: tuple[str, ...] = DEFAULT_QUANT_EXCLUDES
+
+    def __post_init__(self) -> None:
+        if self.quant_type not in QUANT_TYPES:
+            raise UserInputError(f"quant type {self.quant_type!r} is unknown; expected one of {QUANT_TYPES}")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What is applied to the loaded experts in each worker; a change restarts the worker group."""
+
+    quantize: QuantSettings | None = None
+    compile: bool = False
+    attention_backend: str = "native"
+    ulysses_async: bool = False  # cache-dit: overlap the Ulysses all-to-all with compute
+    ulysses_float8: bool = False  # cache-dit: FP8 all-to-all payloads
+
+    def __post_init__(self) -> None:
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise UserInputError(
+                f"attention backend {self.attention_backend!r} is unknown; expected one of {tuple(ATTENTION_BACKENDS)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EngineOptions":
+        quantize = data.get("quantize")
+        return cls(**{**data, "quantize": None if quantize is None else QuantSettings(
+            quant_type=quantize["quant_type"], exclude_layers=tuple(quantize["exclude_layers"]))})
+
+
+@dataclass(frozen=True)
 class ExpertCacheConfig:
     """DBCache + TaylorSeer settings of one expert (cache-dit's DBCacheConfig fields)."""
 
@@ -52,12 +101,12 @@ class ExpertCacheConfig:
     taylorseer: bool = True
     taylorseer_order: int = 1
 
-    def validate(self, expert: str, num_layers: int) -> None:
+    def validate(self, expert: str, num_layers: int | None = None) -> None:
         if self.Fn_compute_blocks < 1:
             raise UserInputError(f"{expert} expert: Fn_compute_blocks must be >= 1, got {self.Fn_compute_blocks}")
         if self.Bn_compute_blocks < 0:
             raise UserInputError(f"{expert} expert: Bn_compute_blocks must be >= 0, got {self.Bn_compute_blocks}")
-        if self.Fn_compute_blocks + self.Bn_compute_blocks > num_layers:
+        if num_layers is not None and self.Fn_compute_blocks + self.Bn_compute_blocks > num_layers:
             raise UserInputError(
                 f"{expert} expert: Fn_compute_blocks + Bn_compute_blocks = "
                 f"{self.Fn_compute_blocks + self.Bn_compute_blocks} exceeds the model's {num_layers} layers"

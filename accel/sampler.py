@@ -12,7 +12,8 @@ from typing import Protocol
 import torch
 
 from .cache import ExpertCaches, ExpertPlan, expert_forward
-from .config import EXPERTS, JobSettings
+from .config import EXPERTS, EngineOptions, JobSettings
+from .engine import check_engine, compile_seconds, quantize_and_compile, set_attention_backend
 from .errors import JobCancelled
 from .latent import process_in, process_out
 from .model import DualExperts, load_experts, model_config_for
@@ -78,10 +79,23 @@ class Runtime:
         self.caches = ExpertCaches(experts)
         # False only in tests that show what cache-dit's unpatched world-group similarity does.
         self.patch_similarity = True
+        self.engine = EngineOptions()
 
     @classmethod
-    def load(cls, spec, device: torch.device | str = "cpu") -> "Runtime":
-        return cls(load_experts(spec, device), torch.device(device))
+    def load(cls, spec, device: torch.device | str = "cpu", engine: EngineOptions | None = None,
+             parallelize: Callable[[DualExperts], None] | None = None) -> "Runtime":
+        """Load the experts, attach cache hooks, then (in cache-dit's order) parallelism,
+        attention backend, quantization and compile."""
+        device = torch.device(device)
+        engine = engine or EngineOptions()
+        check_engine(engine, spec, device)
+        runtime = cls(load_experts(spec, device), device)
+        if parallelize is not None:
+            parallelize(runtime.experts)
+        set_attention_backend(runtime.experts, engine)
+        quantize_and_compile(runtime.experts, engine)
+        runtime.engine = engine
+        return runtime
 
 
 def _sync(device: torch.device) -> None:
@@ -132,6 +146,7 @@ def run_job(
 
     trace = Trace(steps=sampler.steps, info={"settings": settings.to_dict(), "model": model_config.get("num_layers")})
     local_step = {expert: 0 for expert in EXPERTS}
+    compile_before = compile_seconds()
     started = time.perf_counter()
     similarity = (patched_similarity(runtime.caches.manager, topology.sp_group) if runtime.patch_similarity
                   else contextlib.nullcontext())
@@ -173,6 +188,7 @@ def run_job(
                 on_step(step, step_records)
     _sync(device)
     trace.info["denoise_s"] = time.perf_counter() - started
+    trace.info["compile_s"] = compile_seconds() - compile_before
     if device.type == "cuda":
         trace.info["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     return JobResult(latent=process_out(latents.float()).cpu(), trace=trace)

@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import ModelSpec
+from ..config import EngineOptions, ModelSpec
+from ..engine import check_engine
 from ..errors import JobCancelled, UserInputError, WorkerGroupError
 from ..model import model_config_for
 from ..sampler import Job, JobResult, check_job
@@ -28,16 +29,21 @@ POLL_S = 0.1
 START_TIMEOUT_S = 1800.0  # loading two 14B experts from a slow disk takes minutes
 COLLECTIVE_TIMEOUT_S = 1200.0  # the first compiled FP8 forward takes ~200 s on every rank at once
 SHUTDOWN_GRACE_S = 5.0
+# Inductor and Triton caches survive worker and server restarts, so compiling is paid once.
+DEFAULT_COMPILE_CACHE = Path.home() / ".cache" / "comfyui-cachedit-parallel" / "compile"
 
 
 class WorkerGroup:
     """N worker processes joined by torch.distributed; rank 0 talks to this host."""
 
-    def __init__(self, spec: ModelSpec, layout: ParallelLayout, *, start_timeout_s: float = START_TIMEOUT_S,
+    def __init__(self, spec: ModelSpec, layout: ParallelLayout, engine: EngineOptions | None = None, *,
+                 compile_cache_dir: Path | None = None, start_timeout_s: float = START_TIMEOUT_S,
                  collective_timeout_s: float = COLLECTIVE_TIMEOUT_S):
         self.spec = spec
         self.layout = layout
-        self.key = (spec, layout)
+        self.engine = engine or EngineOptions()
+        self.key = (spec, layout, self.engine)
+        self.compile_cache_dir = compile_cache_dir or DEFAULT_COMPILE_CACHE
         self.start_timeout_s = start_timeout_s
         self.collective_timeout_s = collective_timeout_s
         self.procs: list[subprocess.Popen] = []
@@ -51,16 +57,21 @@ class WorkerGroup:
 
     def start(self) -> "WorkerGroup":
         self.layout.check_model(model_config_for(self.spec)["num_attention_heads"])
+        import torch
+
+        check_engine(self.engine, self.spec,
+                     torch.device("cuda", self.layout.devices[0]) if self.layout.devices else None)
         listener, key = listen()
         try:
             config = dict(
                 world=self.layout.world, master_port=free_port(), channel_port=listener.address[1],
                 parent_pid=os.getpid(), collective_timeout_s=self.collective_timeout_s,
                 spec=dataclasses.asdict(self.spec), layout=dataclasses.asdict(self.layout),
+                engine=self.engine.to_dict(),
             )
             for rank in range(self.layout.world):
                 self.procs.append(start_worker({**config, "rank": rank}, key, self.layout.devices,
-                                               self.log_dir / f"rank{rank}.log"))
+                                               self.log_dir / f"rank{rank}.log", self.compile_cache_dir))
             self.conn = self._accept(listener)
         finally:
             listener.close()

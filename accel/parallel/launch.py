@@ -33,8 +33,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_worker(config: dict, key: bytes, devices: tuple[int, ...] | None, log_path: Path) -> subprocess.Popen:
+def start_worker(config: dict, key: bytes, devices: tuple[int, ...] | None, log_path: Path,
+                 compile_cache: Path) -> subprocess.Popen:
     env = dict(os.environ)
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache / "inductor"))
+    env.setdefault("TRITON_CACHE_DIR", str(compile_cache / "triton"))
     env["ACCEL_WORKER"] = json.dumps(config)
     if config["rank"] == 0:
         env["ACCEL_CHANNEL_KEY"] = key.hex()  # in the environment, not on the command line (ps shows that)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import atexit
 import threading
 
-from ..config import ModelSpec
+from pathlib import Path
+
+from ..config import EngineOptions, ModelSpec
 from .group import WorkerGroup
 from .layout import ParallelLayout
 
@@ -19,15 +21,17 @@ class WorkerGroupRegistry:
         self._lock = threading.Lock()
         self._group: WorkerGroup | None = None
 
-    def acquire(self, spec: ModelSpec, layout: ParallelLayout) -> WorkerGroup:
+    def acquire(self, spec: ModelSpec, layout: ParallelLayout, engine: EngineOptions | None = None,
+                compile_cache_dir: Path | None = None) -> WorkerGroup:
+        engine = engine or EngineOptions()
         with self._lock:
             group = self._group
-            if group is not None and group.key == (spec, layout) and group.alive:
+            if group is not None and group.key == (spec, layout, engine) and group.alive:
                 return group
             if group is not None:
                 group.close()
             self._group = None
-            self._group = WorkerGroup(spec, layout).start()
+            self._group = WorkerGroup(spec, layout, engine, compile_cache_dir=compile_cache_dir).start()
             return self._group
 
     @property

@@ -19,7 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..config import JobSettings, ModelSpec
+from ..config import EngineOptions, JobSettings, ModelSpec
 from ..errors import JobCancelled, UserInputError
 from ..logs import setup_logging
 from ..sampler import Job, Runtime, run_job
@@ -43,6 +43,7 @@ class WorkerConfig:
     collective_timeout_s: float
     spec: dict
     layout: dict
+    engine: dict
 
     @classmethod
     def from_env(cls) -> "WorkerConfig":
@@ -80,14 +81,19 @@ class Worker:
         )
         self.control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
         mesh = build_mesh(self.layout, self.device.type)
-        self.runtime = Runtime.load(self.spec, self.device)
+        engine = EngineOptions.from_dict(config.engine)
+        self.cp_configs = []
+
+        def parallelize(experts) -> None:
+            self.layout.check_model(experts.config["num_attention_heads"])
+            if self.layout.ulysses > 1:
+                for module in (experts.high, experts.low):
+                    self.cp_configs.append(enable_ulysses(module, mesh, self.layout.ulysses,
+                                                          engine.ulysses_async, engine.ulysses_float8))
+
+        self.runtime = Runtime.load(self.spec, self.device, engine, parallelize)
         self.runtime.topology = GroupTopology(self.layout, mesh, self.control)
         self.runtime.patch_similarity = not self.layout.world_similarity
-        self.layout.check_model(self.runtime.experts.config["num_attention_heads"])
-        self.cp_configs = []
-        if self.layout.ulysses > 1:
-            for module in (self.runtime.experts.high, self.runtime.experts.low):
-                self.cp_configs.append(enable_ulysses(module, mesh, self.layout.ulysses))
         self.loaded_at = time.time()
         self.jobs = 0
 

@@ -1,0 +1,78 @@
+"""Quantization (cache-dit / torchao), attention backend and torch.compile on the loaded experts.
+
+Order, as cache-dit applies them: cache hooks, then parallelism, then quantization, then
+compile. Requirements are checked before any weights are loaded (``check_engine``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+
+from .config import ATTENTION_BACKENDS, EngineOptions, ModelSpec
+from .errors import UserInputError
+from .model import DualExperts
+
+log = logging.getLogger(__name__)
+
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+def check_engine(engine: EngineOptions, spec: ModelSpec, device: torch.device | None) -> None:
+    """Refuse what cannot run, with the reason, before any work starts."""
+    if engine.quantize is not None:
+        kind = engine.quantize.quant_type
+        if device is None or device.type != "cuda":
+            raise UserInputError(
+                f"{kind} quantization needs a CUDA GPU; this run is on the CPU. Remove the FP8 Quantize node "
+                "or pick GPUs in the sampler"
+            )
+        if kind.startswith("float8"):
+            capability = torch.cuda.get_device_capability(device)
+            if capability < FP8_MIN_CAPABILITY:
+                raise UserInputError(
+                    f"{kind} needs a GPU of compute capability 8.9 or higher (Ada, Hopper, Blackwell); "
+                    f"{torch.cuda.get_device_name(device)} is {capability[0]}.{capability[1]}. Use int8_weight_only"
+                )
+            if spec.dtype != "bf16":
+                raise UserInputError(f"{kind} needs bf16 weights; the loader is set to {spec.dtype}")
+    package = ATTENTION_BACKENDS[engine.attention_backend][1]
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise UserInputError(
+            f"attention backend {engine.attention_backend!r} needs the Python package {package!r}, "
+            "which is not installed in this environment"
+        )
+
+
+def set_attention_backend(experts: DualExperts, engine: EngineOptions) -> None:
+    from cache_dit.attention import set_attn_backend
+
+    name = ATTENTION_BACKENDS[engine.attention_backend][0]
+    for module in (experts.high, experts.low):
+        set_attn_backend(module, attention_backend=name)
+
+
+def quantize_and_compile(experts: DualExperts, engine: EngineOptions) -> None:
+    if engine.quantize is not None:
+        import cache_dit
+        from cache_dit import QuantizeConfig
+
+        config = QuantizeConfig(quant_type=engine.quantize.quant_type,
+                                exclude_layers=list(engine.quantize.exclude_layers))
+        experts.high = cache_dit.quantize(experts.high, quantize_config=config)
+        experts.low = cache_dit.quantize(experts.low, quantize_config=config)
+        log.info("quantized both experts to %s", engine.quantize.quant_type)
+    if engine.compile:
+        # Compile each repeated transformer block, not the loop: cached steps run fewer
+        # blocks and the two experts share the block code, so neither recompiles.
+        for module in (experts.high, experts.low):
+            module.compile_repeated_blocks()
+
+
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent in this process so far."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    return float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))

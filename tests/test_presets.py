@@ -1,0 +1,102 @@
+"""YAML presets in cache-dit's format, and engine options refused where they cannot run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from accel.config import CacheSettings, EngineOptions, ModelSpec, QuantSettings
+from accel.engine import check_engine
+from accel.errors import UserInputError
+from accel.presets import list_presets, load_preset, preset_to_dict
+from accel.sampler import Runtime
+
+
+def test_the_documented_presets_exist():
+    assert {"none", "sglang-fast", "balanced", "fp8"} <= set(list_presets())
+
+
+def test_sglang_fast_is_the_sglang_run():
+    preset = load_preset("sglang-fast")
+    assert preset.cache == CacheSettings()  # the pack's defaults are that run: W4/MC8 high, W2/MC20 low
+    assert (preset.cache.high.max_warmup_steps, preset.cache.high.max_cached_steps) == (4, 8)
+    assert (preset.cache.low.max_warmup_steps, preset.cache.low.max_cached_steps) == (2, 20)
+    scm = preset.scm_for(40)
+    assert "".join(map(str, scm.mask)) == "1111111111001100000110000001100000100001"
+    assert scm.policy == "dynamic" and preset.engine.quantize is None
+
+
+def test_none_turns_everything_off():
+    preset = load_preset("none")
+    assert preset.cache is None and preset.scm_for(40) is None and preset.engine == EngineOptions()
+
+
+def test_fp8_preset_quantizes_and_compiles():
+    engine = load_preset("fp8").engine
+    assert engine.quantize == QuantSettings("float8_per_row") and engine.compile
+
+
+@pytest.mark.parametrize("name", ["none", "sglang-fast", "balanced", "fp8"])
+def test_presets_round_trip(name, tmp_path):
+    preset = load_preset(name)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(preset_to_dict(preset)))
+    again = load_preset(str(path))
+    assert (again.cache, again.scm_mask, again.scm_policy, again.engine) == \
+        (preset.cache, preset.scm_mask, preset.scm_policy, preset.engine)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("cache_config:\n  Fn_compute_blocks: 1\n  residual_diff_treshold: 0.2\n",
+     r"line 3: unknown key 'cache_config.residual_diff_treshold'"),
+    ("cache_config:\n  max_cached_steps: many\n", r"line 2: cache_config.max_cached_steps must be integer"),
+    ("cache_config:\n  enable_taylorseer: 1\n", r"line 2: cache_config.enable_taylorseer must be true/false"),
+    ("cache_config:\n  experts:\n    middle:\n      max_warmup_steps: 1\n", r"line 3: unknown expert 'middle'"),
+    ("cache_config:\n  experts:\n    low:\n      warmup: 1\n", r"line 4: unknown key 'cache_config.experts.low.warmup'"),
+    ("speed: max\n", r"line 1: unknown key 'speed'"),
+    ("cache_config:\n  steps_computation_mask: warp\n", "not a preset"),
+    ("attention_backend: turbo\n", "attention_backend 'turbo' is unknown"),
+    ("cache_config: [1, 2\n", "not valid YAML"),
+])
+def test_bad_presets_name_the_key_the_file_and_the_line(tmp_path, text, message):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(UserInputError, match=message) as error:
+        load_preset(str(path))
+    assert str(path) in str(error.value)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(UserInputError, match="sglang-fast"):
+        load_preset("turbo")
+
+
+@pytest.mark.parametrize("quant", ["float8_per_row", "int8_weight_only"])
+def test_quantization_on_cpu_is_refused_with_the_reason(quant):
+    engine = EngineOptions(quantize=QuantSettings(quant))
+    with pytest.raises(UserInputError, match="needs a CUDA GPU; this run is on the CPU"):
+        Runtime.load(ModelSpec(), "cpu", engine)
+
+
+def test_fp8_on_an_old_gpu_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
+    with pytest.raises(UserInputError, match="capability 8.9 or higher.*A100 is 8.0"):
+        check_engine(EngineOptions(quantize=QuantSettings()), ModelSpec(), torch.device("cuda", 0))
+
+
+def test_fp8_needs_bf16_weights(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    with pytest.raises(UserInputError, match="needs bf16 weights; the loader is set to fp16"):
+        check_engine(EngineOptions(quantize=QuantSettings()), ModelSpec(dtype="fp16"), torch.device("cuda", 0))
+
+
+def test_missing_attention_package_is_named():
+    with pytest.raises(UserInputError, match="needs the Python package 'sageattention'"):
+        check_engine(EngineOptions(attention_backend="sage"), ModelSpec(), None)
+
+
+def test_unknown_quant_type_lists_the_known_ones():
+    with pytest.raises(UserInputError, match="float8_per_row"):
+        QuantSettings("float8")
