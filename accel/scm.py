@@ -35,7 +35,10 @@ def build_scm(
     else:
         if preset not in SCM_PRESETS:
             raise UserInputError(f"SCM preset {preset!r} is unknown; expected one of {SCM_PRESETS}")
-        mask = cache_dit.steps_mask(total_steps=steps, mask_policy=preset)
+        try:
+            mask = cache_dit.steps_mask(total_steps=steps, mask_policy=preset)
+        except AssertionError as error:  # cache-dit defines its presets for 4, 6 or >= 8 steps
+            raise UserInputError(f"SCM preset {preset!r} at {steps} steps: {error}") from error
     return ScmSettings(mask=tuple(int(b) for b in mask[:steps]), policy=policy)
 
 

@@ -1,0 +1,94 @@
+"""Merge the parts written by benchmark.py into bench/results/<date>-<gpu>.{json,md}.
+
+    python bench/report.py bench/results/2026-11-22-NVIDIA-H200-eager.json bench/results/...-compiled.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import markdown_table  # noqa: E402
+
+TARGETS = {
+    "cache_speedup": 2.1, "compile_speedup": 1.2, "fp8_compile_speedup": 1.3, "ulysses2_scaling": 1.85,
+    "cfg2_scaling": 1.9, "all_in_speedup": 6.0,
+}
+# ComfyUI's own WanModel, random A14B expert, bf16, eager, H200 (figure given with the task).
+COMFYUI_FORWARD_S = {14040: 0.940, 32760: 2.977}
+
+
+def ratio(rows: dict, numerator: str, denominator: str, key: str = "s_per_step") -> float | None:
+    if numerator in rows and denominator in rows:
+        return rows[numerator][key] / rows[denominator][key]
+    return None
+
+
+def main(paths: list[str]) -> int:
+    parts = {json.loads(Path(p).read_text())["part"]: json.loads(Path(p).read_text()) for p in paths}
+    eager = parts.get("eager", {}).get("rows", {})
+    compiled = parts.get("compiled", {}).get("rows", {})
+    any_part = next(iter(parts.values()))
+    settings = any_part["settings"]
+    base_short = "1 GPU bf16 eager, no cache (short)"
+    all_in = "Ulysses 2 fp8 compile, sglang-fast"
+    all_in_speedup = None
+    if all_in in compiled and base_short in compiled:
+        # Baseline of the same run: eager bf16 per-step time x the all-in run's step count.
+        all_in_speedup = compiled[base_short]["s_per_step"] * compiled[all_in]["steps"] / compiled[all_in]["denoise_s"]
+    groups = parts.get("compiled", {}).get("groups", {})
+    result = {
+        "device": any_part["device"], "versions": any_part["versions"], "settings": settings,
+        "cache_speedup": ratio(eager, "1 GPU bf16 eager, no cache", "1 GPU bf16 eager, sglang-fast", "denoise_s"),
+        "compile_speedup": ratio(compiled, base_short, "1 GPU bf16 compile, no cache (short)"),
+        "fp8_compile_speedup": ratio(compiled, "1 GPU bf16 compile, no cache (short)", "1 GPU fp8 compile, no cache (short)"),
+        "ulysses2_scaling": ratio(eager, base_short, "Ulysses 2 bf16 eager, no cache (short)"),
+        "cfg2_scaling": ratio(eager, base_short, "CFG 2 bf16 eager, no cache (short)"),
+        "all_in_speedup": all_in_speedup,
+        "peer_cachedit_ratio": ratio(eager, "1 GPU bf16 eager, sglang-fast", "cache-dit enable_cache (sglang-fast)",
+                                     "denoise_s"),
+        "plain_loop_ratio": ratio(eager, base_short, "plain diffusers loop"),
+        "warm_job_overhead_s": max((r["job_overhead_s"] for r in eager.values() if r.get("job_overhead_s") is not None),
+                                   default=None),
+        "cached_step_cost_ratio": eager.get("1 GPU bf16 eager, sglang-fast", {}).get("cached_step_cost_ratio"),
+        "uncached_forward_s": eager[base_short]["s_per_step"] / 2 if base_short in eager else None,
+        "comfyui_wanmodel_forward_s": COMFYUI_FORWARD_S.get(settings["tokens"]),
+        "bf16_compile_s": groups.get("1 GPU compiled", {}).get("warmup_compile_s"),
+        "fp8_compile_s_cold_cache": groups.get("1 GPU fp8 compiled (cold compile cache)", {}).get("warmup_compile_s"),
+        "fp8_compile_s_warm_cache": groups.get("1 GPU fp8 compiled (warm compile cache)", {}).get("warmup_compile_s"),
+        "peak_mem_gb": {name: row.get("peak_mem_gb") for p in parts.values() for name, row in p["rows"].items()},
+        "latent_rel_error_vs_uncached": {k: v for p in parts.values() for k, v in p["latent_rel_error_vs_uncached"].items()},
+        "notes": [n for p in parts.values() for n in p["notes"]],
+        "parts": parts,
+    }
+    out = Path(paths[0]).with_name(Path(paths[0]).name.rsplit("-", 1)[0] + ".json")
+    out.write_text(json.dumps(result, indent=1, default=str))
+    lines = [f"# Benchmark, {any_part['date']}, {any_part['device']}", "",
+             f"versions {any_part['versions']}; settings {settings}", "",
+             "Random-initialised weights: the latent errors below say how far each accelerated run drifts from the "
+             "unaccelerated one on the same seed, not what a real video would look like.", ""]
+    for name, part in parts.items():
+        rows = [[k, r["steps"], r["denoise_s"], r["s_per_step"], r.get("job_overhead_s") or "", r.get("peak_mem_gb") or "",
+                 r.get("warmup_compile_s") or "", r.get("computed", ""), r.get("forwards", ""),
+                 part["latent_rel_error_vs_uncached"].get(k, "")] for k, r in part["rows"].items()]
+        lines += [f"## Part `{name}`", "", markdown_table(
+            ["run", "steps", "denoise s", "s/step", "job overhead s", "peak GB/rank", "warm-up compile s", "computed",
+             "forwards", "latent rel. error"], rows), ""]
+    summary = [[key, result[key], TARGETS.get(key, "")] for key in (
+        "cache_speedup", "compile_speedup", "fp8_compile_speedup", "ulysses2_scaling", "cfg2_scaling", "all_in_speedup",
+        "peer_cachedit_ratio", "plain_loop_ratio", "warm_job_overhead_s", "cached_step_cost_ratio",
+        "uncached_forward_s", "comfyui_wanmodel_forward_s", "bf16_compile_s", "fp8_compile_s_cold_cache",
+        "fp8_compile_s_warm_cache")]
+    lines += ["## Ratios (each formed inside one part: same machine, same run)", "",
+              markdown_table(["measure", "value", "target"], [[k, "n/a" if v is None else v, t] for k, v, t in summary]),
+              "", "Notes:", *[f"- {n}" for n in result["notes"]]]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(out.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
