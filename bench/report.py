@@ -73,7 +73,7 @@ def main(paths: list[str]) -> int:
     for name, part in parts.items():
         rows = [[k, r["steps"], r["denoise_s"], r["s_per_step"], r.get("job_overhead_s") or "", r.get("peak_mem_gb") or "",
                  r.get("warmup_compile_s") or "", r.get("computed", ""), r.get("forwards", ""),
-                 part["latent_rel_error_vs_uncached"].get(k, "")] for k, r in part["rows"].items()]
+                 part["latent_rel_error_vs_uncached"].get(k, {}).get("rel_error", "")] for k, r in part["rows"].items()]
         lines += [f"## Part `{name}`", "", markdown_table(
             ["run", "steps", "denoise s", "s/step", "job overhead s", "peak GB/rank", "warm-up compile s", "computed",
              "forwards", "latent rel. error"], rows), ""]
