@@ -13,13 +13,18 @@ NOISY = {
 }
 
 
-def setup_logging(verbose: bool = False) -> None:
+def quiet_libraries(verbose: bool = False) -> None:
     """Call before cache_dit is imported: it reads its level from the environment once."""
     os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "info" if verbose else "error")
+    if not verbose:
+        for name, level in NOISY.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """For the pack's own processes (CLI, workers, benchmarks); ComfyUI configures its own."""
+    quiet_libraries(verbose)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not verbose:
-        for name, level in NOISY.items():
-            logging.getLogger(name).setLevel(level)

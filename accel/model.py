@@ -80,7 +80,13 @@ def model_config_for(spec: ModelSpec) -> dict[str, Any]:
         path = Path(spec.path) / "transformer" / "config.json"
         _require_file(path, "the diffusers transformer config")
         return json.loads(path.read_text())
-    return infer_original_config(Path(spec.high_path), read_safetensors_header(Path(spec.high_path)))
+    high, low = (infer_original_config(Path(p), read_safetensors_header(Path(p))) for p in (spec.high_path, spec.low_path))
+    if high != low:
+        raise UserInputError(
+            f"the two expert files differ in architecture: {spec.high_path} vs {spec.low_path}; "
+            "pick the high-noise and low-noise files of the same Wan2.2 model"
+        )
+    return high
 
 
 def _random_expert(config: dict[str, Any], seed: int, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:

@@ -128,6 +128,18 @@ def test_cancel_stops_within_a_step_and_the_group_stays_usable():
         assert result.trace.records and group.alive and [p.pid for p in group.procs] == pids
 
 
+def test_a_host_side_exception_mid_job_stops_the_job_and_keeps_the_group():
+    with WorkerGroup(TINY, ParallelLayout(ulysses=2)) as group:
+        def explode(step, records):
+            if step == 2:
+                raise RuntimeError("progress bar broke")
+
+        with pytest.raises(RuntimeError, match="progress bar broke"):
+            group.run(tiny_job(cached(steps=2000, preset=None)), on_step=explode)
+        assert group.alive
+        assert len(group.run(tiny_job(cached(steps=6))).trace.records) == 12
+
+
 def test_warm_group_is_reused_and_a_new_layout_restarts_it():
     registry = WorkerGroupRegistry()
     try:

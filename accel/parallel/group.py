@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from ..config import EngineOptions, ModelSpec
 from ..engine import check_engine
 from ..errors import JobCancelled, UserInputError, WorkerGroupError
@@ -52,15 +54,18 @@ class WorkerGroup:
         self.log_dir = Path(tempfile.mkdtemp(prefix="cachedit-workers-"))
         self._cancel = threading.Event()
         self._closed = False
+        self._job_running = False
 
     # lifecycle
 
-    def start(self) -> "WorkerGroup":
+    def check(self) -> None:
+        """What can be refused without starting anything: layout against the model, engine against the GPU."""
         self.layout.check_model(model_config_for(self.spec)["num_attention_heads"])
-        import torch
+        device = torch.device("cuda", self.layout.devices[0]) if self.layout.devices else None
+        check_engine(self.engine, self.spec, device)
 
-        check_engine(self.engine, self.spec,
-                     torch.device("cuda", self.layout.devices[0]) if self.layout.devices else None)
+    def start(self) -> "WorkerGroup":
+        self.check()
         listener, key = listen()
         try:
             config = dict(
@@ -211,8 +216,32 @@ class WorkerGroup:
         if job.uncond is not None:
             tensors["uncond"] = job.uncond
         send(self.conn, Message("job", {"settings": job.settings.to_dict()}, tensors))
+        self._job_running = True
+        try:
+            return self._follow(on_step, should_cancel, time.monotonic() + timeout_s, timeout_s)
+        except BaseException:
+            # Whatever stopped this host mid-job (an exception in a callback, Ctrl-C): stop the
+            # job too, so the group is left idle and ready, never running a job nobody follows.
+            if self._job_running:
+                self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        self._job_running = False
+        if not self.alive:
+            return
+        try:
+            send(self.conn, Message("cancel"))
+            deadline = time.monotonic() + 60.0
+            while True:
+                message = self._wait_message(deadline, "stopping an abandoned job")
+                if message.kind in ("done", "cancelled", "error"):
+                    return
+        except (WorkerGroupError, OSError):
+            self.close()
+
+    def _follow(self, on_step, should_cancel, deadline: float, timeout_s: float) -> JobResult:
         cancel_sent = False
-        deadline = time.monotonic() + timeout_s
         while True:
             while True:
                 if not cancel_sent and (self._cancel.is_set() or (should_cancel is not None and should_cancel())):
@@ -225,6 +254,7 @@ class WorkerGroup:
                     self.close()
                     raise WorkerGroupError(f"the job did not finish within {timeout_s:.0f} s")
             message = self._wait_message(deadline, "running the job")
+            self._job_running = message.kind == "step"
             if message.kind == "step":
                 if on_step is not None:
                     on_step(message.payload["step"], [StepRecord(**r) for r in message.payload["records"]])

@@ -28,10 +28,12 @@ class WorkerGroupRegistry:
             group = self._group
             if group is not None and group.key == (spec, layout, engine) and group.alive:
                 return group
+            replacement = WorkerGroup(spec, layout, engine, compile_cache_dir=compile_cache_dir)
+            replacement.check()  # a request that cannot run leaves the warm group alone
             if group is not None:
                 group.close()
             self._group = None
-            self._group = WorkerGroup(spec, layout, engine, compile_cache_dir=compile_cache_dir).start()
+            self._group = replacement.start()
             return self._group
 
     @property
