@@ -76,8 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _demo_parser(sub)
+    queue = sub.add_parser("queue", help="run an API-format workflow on a ComfyUI server and print its decisions")
+    queue.add_argument("workflow", type=Path)
+    queue.add_argument("--server", default="http://127.0.0.1:8188")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    if args.command == "queue":
+        from .client import queue_command
+
+        return queue_command(args.workflow, args.server)
     try:
         return _demo(args)
     except UserInputError as error:

@@ -1,0 +1,184 @@
+"""The pack inside a real ComfyUI server (CPU). Skipped unless COMFYUI_DIR names a ComfyUI checkout;
+COMFYUI_PYTHON names the interpreter that has ComfyUI's requirements and this pack's installed.
+
+    COMFYUI_DIR=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/venv/bin/python pytest tests/integration
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run these tests")
+
+SMOKE = json.loads((ROOT / "examples" / "workflows" / "smoke_api.json").read_text())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def worker_pids() -> list[int]:
+    """Worker processes of the pack (their command line carries the bootstrap's module name)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "cachedit_parallel_core" in line]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import requests
+
+    base = tmp_path_factory.mktemp("comfy")
+    (base / "packs").mkdir()
+    (base / "packs" / "comfyui-cachedit-parallel").symlink_to(ROOT)
+    extra = base / "extra_model_paths.yaml"
+    extra.write_text(f"pack_under_test:\n  base_path: {base}\n  custom_nodes: packs\n")
+    port = free_port()
+    log = (base / "server.log").open("w")
+    proc = subprocess.Popen(
+        [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1", "--port",
+         str(port), "--extra-model-paths-config", str(extra), "--output-directory", str(base / "output"),
+         "--user-directory", str(base / "user")],
+        cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/object_info/UlyssesParallelSampler", timeout=2).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        assert proc.poll() is None, (base / "server.log").read_text()[-3000:]
+        time.sleep(0.5)
+    else:
+        pytest.fail("ComfyUI did not start: " + (base / "server.log").read_text()[-3000:])
+    yield url
+    proc.terminate()
+    proc.wait(30)
+    assert not worker_pids(), "worker processes outlived the server"
+
+
+async def run_prompt(url: str, workflow: dict, *, interrupt_after_steps: int | None = None,
+                     timeout_s: float = 300.0) -> tuple[str, list[dict]]:
+    import aiohttp
+
+    client_id = uuid.uuid4().hex
+    events: list[dict] = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{url.replace('http', 'ws')}/ws?clientId={client_id}") as ws:
+            async with session.post(f"{url}/prompt", json={"prompt": workflow, "client_id": client_id}) as response:
+                body = await response.json()
+                assert response.status == 200, body
+            prompt_id = body["prompt_id"]
+            steps_seen = 0
+
+            async def follow():
+                nonlocal steps_seen
+                async for message in ws:
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    event = json.loads(message.data)
+                    events.append(event)
+                    kind = event["type"]
+                    if kind == "cachedit.step":
+                        steps_seen += 1
+                        if interrupt_after_steps is not None and steps_seen == interrupt_after_steps:
+                            await session.post(f"{url}/interrupt")
+                    if kind in ("execution_success", "execution_error", "execution_interrupted"):
+                        return
+
+            await asyncio.wait_for(follow(), timeout_s)
+    return prompt_id, events
+
+
+def kinds(events):
+    return [e["type"] for e in events]
+
+
+def test_smoke_workflow_runs_with_progress_events_and_routes(server):
+    import requests
+
+    prompt_id, events = asyncio.run(run_prompt(server, SMOKE))
+    assert "execution_success" in kinds(events), events[-3:]
+    steps = [e for e in events if e["type"] == "cachedit.step"]
+    assert len(steps) == 20 and all(e["data"]["prompt_id"] == prompt_id for e in steps)
+    progress = [e["data"]["value"] for e in events if e["type"] == "progress" and e["data"].get("node") == "7"]
+    assert progress[-1] == 20 and progress == sorted(progress)
+    done = [e for e in events if e["type"] == "cachedit.done"]
+    assert done and done[0]["data"]["summary"]["forwards"] == 40
+    listing = requests.get(f"{server}/cachedit/traces", timeout=5).json()
+    assert listing[0]["prompt_id"] == prompt_id
+    record = requests.get(f"{server}/cachedit/traces/{prompt_id}", timeout=5).json()
+    assert len(record["trace"]["records"]) == 40
+    assert requests.get(f"{server}/api/cachedit/traces/{prompt_id}", timeout=5).ok  # mirrored under /api
+
+
+def test_bad_input_is_a_node_error_and_the_server_keeps_running(server):
+    import requests
+
+    bad = json.loads(json.dumps(SMOKE))
+    bad["6"]["inputs"].update(preset="custom bins", compute_bins="6,1", cache_bins="3")
+    response = requests.post(f"{server}/prompt", json={"prompt": bad}, timeout=10)
+    assert response.status_code == 400
+    details = json.dumps(response.json()["node_errors"]["6"])
+    assert "cover 10 steps but the sampler runs 20" in details
+    wrong_steps = json.loads(json.dumps(SMOKE))
+    wrong_steps["7"]["inputs"]["steps"] = 12
+    prompt_id, events = asyncio.run(run_prompt(server, wrong_steps))
+    error = [e for e in events if e["type"] == "execution_error"][0]["data"]
+    assert "SCM mask has 20 steps but the sampler runs 12" in error["exception_message"]
+    assert requests.get(f"{server}/object_info/SCMMask", timeout=5).ok
+
+
+def test_interrupt_stops_the_job_and_the_group_stays_usable(server):
+    long = json.loads(json.dumps(SMOKE))
+    long["6"]["inputs"]["steps"] = long["7"]["inputs"]["steps"] = 2000
+    _, events = asyncio.run(run_prompt(server, long, interrupt_after_steps=3))
+    assert "execution_interrupted" in kinds(events)
+    assert sum(1 for e in events if e["type"] == "cachedit.step") < 2000
+    pids = worker_pids()
+    assert pids
+    _, events = asyncio.run(run_prompt(server, SMOKE))
+    assert "execution_success" in kinds(events)
+    assert worker_pids() == pids  # the same warm group served the next prompt
+
+
+def test_free_releases_the_workers(server):
+    import requests
+
+    asyncio.run(run_prompt(server, SMOKE))
+    assert worker_pids()
+    assert requests.post(f"{server}/free", json={"unload_models": True, "free_memory": True}, timeout=5).ok
+    deadline = time.monotonic() + 20
+    while worker_pids() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not worker_pids()
+    asyncio.run(run_prompt(server, SMOKE))
+    assert worker_pids()
+    assert requests.post(f"{server}/cachedit/release", timeout=30).json() == {"released": True}
+    assert not worker_pids()
+
+
+def test_queue_client_prints_the_decision_table(server):
+    result = subprocess.run([sys.executable, "-m", "accel", "queue", str(ROOT / "examples/workflows/smoke_api.json"),
+                             "--server", server], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "high/cond" in result.stdout and "forwards 40" in result.stdout
+    bad = ROOT / "examples/workflows/wan22_t2v_api.json"  # its model files are not on this server
+    result = subprocess.run([sys.executable, "-m", "accel", "queue", str(bad), "--server", server], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "node 1 (WanDualTransformerLoader)" in result.stderr
