@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -144,7 +145,8 @@ def run_job(
     sigma0 = float(scheduler.sigmas[0])
     latents = (sigma0 * noise + (1.0 - sigma0) * process_in(job.latent.float())).to(device)
 
-    trace = Trace(steps=sampler.steps, info={"settings": settings.to_dict(), "model": model_config.get("num_layers")})
+    trace = Trace(steps=sampler.steps, info={"settings": settings.to_dict(),
+                                             "model": dataclasses.asdict(runtime.experts.spec)})
     local_step = {expert: 0 for expert in EXPERTS}
     compile_before = compile_seconds()
     started = time.perf_counter()
