@@ -34,7 +34,9 @@ async def queue(workflow: dict[str, Any], server: str, timeout_s: float = 3600.0
         async with session.ws_connect(f"{server.replace('http', 'ws', 1)}/ws?clientId={client_id}") as ws:
             async with session.post(f"{server}/prompt", json={"prompt": workflow, "client_id": client_id}) as response:
                 body = await response.json()
-                if response.status != 200:
+                if response.status != 200 or body.get("node_errors"):
+                    if response.status == 200:  # queued, but only its valid outputs would run
+                        await session.post(f"{server}/queue", json={"delete": [body["prompt_id"]]})
                     raise QueueError(_node_errors(body))
             prompt_id = body["prompt_id"]
             print(f"queued prompt {prompt_id}", file=out, flush=True)
@@ -60,6 +62,8 @@ async def _follow(ws, prompt_id: str, trace: Trace, out) -> None:
             trace.add(StepRecord(**r) for r in data["records"])
         elif kind == "cachedit.done":
             trace.info.update(data.get("info") or {})
+        elif kind == "execution_cached":
+            trace.info.setdefault("cached_nodes", []).extend(data.get("nodes") or [])
         elif kind == "execution_error":
             raise QueueError(f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
                              f"{data.get('exception_type')}: {data.get('exception_message')}")
@@ -89,6 +93,8 @@ def queue_command(path: Path, server: str) -> int:
         return 1
     if trace.records:
         print(format_table(trace))
+    elif trace.info.get("cached_nodes"):
+        print("done: ComfyUI reused its cached outputs, nothing ran (change a seed or an input to run again)")
     else:
         print("done (the workflow ran no cache-dit sampler)")
     return 0

@@ -29,7 +29,9 @@ class SCMMask:
     RETURN_TYPES = (SCM_MASK, "STRING")
     RETURN_NAMES = ("scm_mask", "mask")
     FUNCTION = "build"
-    OUTPUT_NODE = True  # shows the mask in the node
+    # Not an OUTPUT_NODE: the mask text still reaches the node (any node's "ui" is sent when it runs),
+    # and as an output a valid SCM Mask made ComfyUI accept a prompt whose loader or sampler failed
+    # validation (HTTP 200, only the mask ran) instead of refusing it.
     DESCRIPTION = (
         "Steps Computation Mask: 1 = the step always computes, 0 = a cache step. Presets (cache-dit's, "
         "defined for 28 steps and scaled): slow, medium, fast (18 of 40 computed), ultra. Or give "

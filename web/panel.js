@@ -1,11 +1,13 @@
 // The "cache-dit" bottom panel: per-step cache decisions, live while a job runs and for finished jobs.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { ComfyWidgets } from "../../scripts/widgets.js";
 import { cellTitle, counts, grid, sparkline } from "./trace_view.js";
 
 const live = new Map(); // prompt_id -> {steps, records} of jobs seen over the websocket
 let root = null;
 let selected = null;
+let generation = 0; // renders overlap (one per step event); only the latest one draws
 
 const style = `
 .cdp { font: 12px sans-serif; color: var(--fg-color, #ddd); padding: 6px; overflow: auto; height: 100%; }
@@ -19,6 +21,8 @@ const style = `
 .cdp .disagree { outline: 2px solid red; }
 .cdp .legend span { display: inline-block; width: 10px; height: 10px; margin: 0 3px 0 10px; }
 .cdp svg { display: block; }
+.cdp-tip { position: fixed; z-index: 10000; display: none; pointer-events: none; white-space: nowrap;
+  font: 12px sans-serif; background: #111; color: #eee; border: 1px solid #666; padding: 3px 6px; }
 `;
 
 async function fetchJson(path) {
@@ -49,13 +53,13 @@ function renderGrid(container, trace) {
     for (const record of cells) {
       const td = tr.insertCell();
       td.className = "cell" + (record ? ` ${record.decision}` : "") + (record && record.ranks_agreed === false ? " disagree" : "");
-      if (record) td.title = cellTitle(record);
+      if (record) td.dataset.tip = cellTitle(record);
     }
     const spark = tr.insertCell();
     const { points, threshold } = sparkline(cells, 160, 16);
     spark.innerHTML = `<svg width="160" height="16"><polyline fill="none" stroke="#8ae234" points="${points}"/>` +
       (threshold === null ? "" : `<line x1="0" x2="160" y1="${threshold}" y2="${threshold}" stroke="#ef2929"/>`) + "</svg>";
-    spark.title = "residual diff per step (green) against the threshold (red)";
+    spark.dataset.tip = "residual diff per step (green) against the threshold (red)";
   }
   container.appendChild(table);
 }
@@ -74,8 +78,11 @@ function renderSummary(container, trace) {
 
 async function render() {
   if (!root) return;
+  const mine = ++generation;
   const ids = await jobs();
   if (!selected || !ids.includes(selected)) selected = ids[0] || null;
+  const trace = selected ? await traceOf(selected) : null;
+  if (mine !== generation || !root) return;
   root.innerHTML = "";
   const bar = document.createElement("div");
   const select = document.createElement("select");
@@ -88,7 +95,6 @@ async function render() {
     root.insertAdjacentHTML("beforeend", "<p>No cache-dit job yet: run a workflow with the Ulysses Parallel Sampler.</p>");
     return;
   }
-  const trace = await traceOf(selected);
   if (!trace) return;
   renderSummary(root, trace);
   renderGrid(root, trace);
@@ -100,6 +106,16 @@ api.addEventListener("cachedit.step", ({ detail }) => {
   live.set(detail.prompt_id, job);
   selected = detail.prompt_id;
   render();
+});
+
+// A cached SCM Mask node does not run again, so no "executed" message brings its text; the
+// prompt's history still has it.
+api.addEventListener("execution_success", async ({ detail }) => {
+  const history = await fetchJson(`/history/${encodeURIComponent(detail.prompt_id)}`);
+  for (const [id, output] of Object.entries(history?.[detail.prompt_id]?.outputs || {})) {
+    const node = app.graph?.getNodeById(id);
+    if (node?.type === "SCMMask" && output.text) node.onExecuted(output);
+  }
 });
 
 api.addEventListener("cachedit.done", ({ detail }) => {
@@ -119,6 +135,19 @@ app.registerExtension({
       root = document.createElement("div");
       root.className = "cdp";
       element.appendChild(root);
+      const tip = document.createElement("div"); // a tooltip of our own: quicker than title, and in screenshots
+      tip.className = "cdp-tip";
+      element.appendChild(tip);
+      root.onmousemove = (event) => {
+        const text = event.target.closest?.("[data-tip]")?.dataset.tip;
+        tip.style.display = text ? "block" : "none";
+        if (!text) return;
+        tip.textContent = text;
+        const x = Math.min(event.clientX + 12, window.innerWidth - tip.offsetWidth - 4);
+        tip.style.left = `${x}px`;
+        tip.style.top = `${event.clientY - tip.offsetHeight - 8}px`;
+      };
+      root.onmouseleave = () => { tip.style.display = "none"; };
       render();
     },
     destroy: () => { root = null; },
@@ -133,10 +162,13 @@ app.registerExtension({
       if (!text) return;
       let widget = this.widgets?.find((w) => w.name === "mask_view");
       if (!widget) {
-        widget = this.addWidget("text", "mask_view", "", () => {}, { serialize: false });
+        widget = ComfyWidgets.STRING(this, "mask_view", ["STRING", { multiline: true }], app).widget;
+        widget.element.readOnly = true;
+        widget.options.serialize = false; // not an input of the prompt
+        widget.serialize = false; // nor in the saved workflow
       }
-      widget.value = text.replace("\n", "  ");
-      this.setDirtySize?.(true);
+      widget.value = text;
+      this.setSize([Math.max(this.size[0], 360), Math.max(this.size[1], this.computeSize()[1] + 50)]);
       app.graph.setDirtyCanvas(true, true);
     };
   },
