@@ -59,10 +59,23 @@ def quantize_and_compile(experts: DualExperts, engine: EngineOptions) -> None:
         import cache_dit
         from cache_dit import QuantizeConfig
 
-        config = QuantizeConfig(quant_type=engine.quantize.quant_type,
-                                exclude_layers=list(engine.quantize.exclude_layers))
-        experts.high = cache_dit.quantize(experts.high, quantize_config=config)
-        experts.low = cache_dit.quantize(experts.low, quantize_config=config)
+        quantized = []
+        for module in (experts.high, experts.low):
+            # diffusers keeps Wan's time_embedder in fp32 (_keep_in_fp32_modules); cache-dit's
+            # float8_per_row refuses any non-bf16 Linear, excluded or not. Those few small layers
+            # go to bf16 and stay unquantized.
+            kept = [name for name, sub in module.named_modules()
+                    if isinstance(sub, torch.nn.Linear) and sub.weight.dtype != torch.bfloat16]
+            if kept and engine.quantize.quant_type == "float8_per_row":
+                for name in kept:
+                    module.get_submodule(name).to(torch.bfloat16)
+                log.info("cast %d non-bf16 linear layers to bf16, not quantized: %s", len(kept), kept)
+            else:
+                kept = []
+            config = QuantizeConfig(quant_type=engine.quantize.quant_type,
+                                    exclude_layers=list(engine.quantize.exclude_layers) + kept)
+            quantized.append(cache_dit.quantize(module, quantize_config=config))
+        experts.high, experts.low = quantized
         log.info("quantized both experts to %s", engine.quantize.quant_type)
     if engine.compile:
         # Compile each repeated transformer block, not the loop: cached steps run fewer
