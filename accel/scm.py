@@ -51,15 +51,19 @@ def check_mask_length(scm: ScmSettings, steps: int) -> None:
 
 
 def expert_masks(scm: ScmSettings, experts: Sequence[str]) -> dict[str, list[int]]:
-    """Each expert's slice of the mask, its first step forced to compute.
+    """Each expert's slice of the mask, starting with a compute step.
 
-    cache-dit's static policy caches a mask-0 step without looking for a cached residual;
-    an expert's first step has none yet (cache-dit fails with "State 'blocks_Bn_residual'
-    not found"), so that step must compute.
+    cache-dit's static policy caches a mask-0 step without looking for a cached residual; an
+    expert's first step has none yet (cache-dit fails with "State 'blocks_Bn_residual' not
+    found"), so it must compute. Where the slice starts with 0, its first compute step moves to
+    the start, keeping the mask's compute count, unless that step is the slice's last (the final
+    steps keep computing, as cache-dit's masks always end on one): then one is added.
     """
     masks: dict[str, list[int]] = {}
     for bit, expert in zip(scm.mask, experts):
         masks.setdefault(expert, []).append(bit)
     for bits in masks.values():
+        if bits[0] == 0 and 1 in bits[:-1]:
+            bits[bits.index(1)] = 0
         bits[0] = 1
     return masks

@@ -155,6 +155,17 @@ class Bench:
             self.group_runs("all-in: Ulysses 2 + fp8 + compile + sglang-fast", self.layout(ulysses=2), fp8,
                             [("Ulysses 2 fp8 compile, sglang-fast", full, "sglang-fast")])
 
+    def part_cache(self) -> None:
+        """The exact-mask preset alone and with everything else (FP8, compile, Ulysses 2)."""
+        full, short = self.args.steps, self.args.short_steps
+        self.group_runs("1 GPU eager", self.layout(), EngineOptions(),
+                        [("1 GPU bf16 eager, no cache (short)", short, "none"),
+                         ("1 GPU bf16 eager, fast", full, "fast")])
+        if not self.tiny and self.gpus >= 2:
+            fp8 = EngineOptions(quantize=QuantSettings("float8_per_row"), compile=True)
+            self.group_runs("all-in: Ulysses 2 + fp8 + compile + fast", self.layout(ulysses=2), fp8,
+                            [("Ulysses 2 fp8 compile, fast", full, "fast")])
+
     def write(self, part: str) -> Path:
         # Each accelerated run against the unaccelerated 1-GPU eager bf16 run of the same step count.
         bases = {self.rows[n]["steps"]: n for n in ("1 GPU bf16 eager, no cache", "1 GPU bf16 eager, no cache (short)")
@@ -191,7 +202,7 @@ def cached_cost(trace) -> float | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("eager", "compiled"), required=True)
+    parser.add_argument("--part", choices=("eager", "compiled", "cache"), required=True)
     parser.add_argument("--tiny", action="store_true", help="CPU dry run with the tiny model")
     parser.add_argument("--model-path", help="a diffusers Wan2.2-T2V-A14B directory (real weights)")
     parser.add_argument("--height", type=int, default=480)

@@ -6,15 +6,17 @@ import pytest
 import torch
 import yaml
 
-from accel.config import CacheSettings, EngineOptions, ModelSpec, QuantSettings
+from accel.config import CacheSettings, EngineOptions, JobSettings, ModelSpec, QuantSettings, SamplerSettings
 from accel.engine import check_engine
 from accel.errors import UserInputError
 from accel.presets import list_presets, load_preset, preset_to_dict
-from accel.sampler import Runtime
+from accel.sampler import Runtime, run_job
+
+from .conftest import TINY, tiny_job
 
 
 def test_the_documented_presets_exist():
-    assert {"none", "sglang-fast", "balanced", "fp8"} <= set(list_presets())
+    assert {"none", "sglang-fast", "fast", "balanced", "fp8"} <= set(list_presets())
 
 
 def test_sglang_fast_is_the_sglang_run():
@@ -37,7 +39,14 @@ def test_fp8_preset_quantizes_and_compiles():
     assert engine.quantize == QuantSettings("float8_per_row") and engine.compile
 
 
-@pytest.mark.parametrize("name", ["none", "sglang-fast", "balanced", "fp8"])
+def test_fast_preset_computes_exactly_the_mask():
+    preset = load_preset("fast")
+    trace = run_job(Runtime.load(TINY), tiny_job(JobSettings(
+        sampler=SamplerSettings(steps=40), cache=preset.cache, scm=preset.scm_for(40)))).trace
+    assert trace.summary()["computed"] == 36  # 18 steps x cond and uncond, with the default shift 12
+
+
+@pytest.mark.parametrize("name", ["none", "sglang-fast", "fast", "balanced", "fp8"])
 def test_presets_round_trip(name, tmp_path):
     preset = load_preset(name)
     path = tmp_path / f"{name}.yaml"

@@ -55,15 +55,17 @@ def test_scm_static_fast_40_computes_exactly_the_mask_ones(runtime):
 
 
 def test_expert_first_step_computes_even_on_a_mask_zero(runtime):
-    # shift 5: the low-noise expert takes over at step 17, a cache step of the fast mask.
+    # shift 5: the low-noise expert takes over at step 17, a cache step of the fast mask; its first
+    # compute step (19) moves to 17, so the run still computes the mask's 18 steps.
     job = tiny_job(settings(shift=5.0, preset="fast", policy="static"))
     experts = plan_experts(job.settings.sampler)
     first_low = experts.index("low")
-    assert job.settings.scm.mask[first_low] == 0
-    trace = run_job(runtime, job).trace
-    first = [r for r in trace.records if r.step == first_low]
-    assert {r.decision for r in first} == {"compute"} and {r.scm for r in first} == {1}
-    assert sum(counts(trace)[(e, "cond")] for e in ("high", "low")) == 19
+    mask = job.settings.scm.mask
+    assert (first_low, mask[first_low], mask.index(1, first_low)) == (17, 0, 19)
+    trace = run_job(runtime, tiny_job(settings(shift=5.0, preset="fast", policy="static")))
+    cond = {r.step: r for r in trace.trace.records if r.branch == "cond"}
+    assert (cond[17].decision, cond[17].scm, cond[19].decision, cond[19].scm) == ("compute", 1, "cache", 0)
+    assert sum(counts(trace.trace)[(e, "cond")] for e in ("high", "low")) == 18
 
 
 def test_zero_threshold_never_caches(runtime):
