@@ -1,6 +1,8 @@
 """Merge the parts written by benchmark.py into bench/results/<date>-<gpu>.{json,md}.
 
-    python bench/report.py bench/results/2026-11-22-NVIDIA-H200-eager.json bench/results/...-compiled.json
+    python bench/report.py bench/results/<date>-<gpu>-<part>.json ... [findings.md]
+
+A findings file (markdown bullets: what was found where a target was missed) goes into the notes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def ratio(rows: dict, numerator: str, denominator: str, key: str = "s_per_step")
 
 
 def main(paths: list[str]) -> int:
+    findings = [p for p in paths if p.endswith(".md")]
+    paths = [p for p in paths if p.endswith(".json")]
     parts = {json.loads(Path(p).read_text())["part"]: json.loads(Path(p).read_text()) for p in paths}
     eager = parts.get("eager", {}).get("rows", {})
     compiled = parts.get("compiled", {}).get("rows", {})
@@ -66,7 +70,8 @@ def main(paths: list[str]) -> int:
         "fp8_compile_s_warm_cache": groups.get("1 GPU fp8 compiled (warm compile cache)", {}).get("warmup_compile_s"),
         "peak_mem_gb": {name: row.get("peak_mem_gb") for p in parts.values() for name, row in p["rows"].items()},
         "latent_rel_error_vs_uncached": {k: v for p in parts.values() for k, v in p["latent_rel_error_vs_uncached"].items()},
-        "notes": [n for p in parts.values() for n in p["notes"]],
+        "notes": [n for p in parts.values() for n in p["notes"]]
+        + [line[2:] for f in findings for line in Path(f).read_text().splitlines() if line.startswith("- ")],
         "parts": parts,
     }
     out = Path(paths[0]).with_name(Path(paths[0]).name.rsplit("-", 1)[0] + ".json")
