@@ -54,6 +54,18 @@ def set_attention_backend(experts: DualExperts, engine: EngineOptions) -> None:
         set_attn_backend(module, attention_backend=name)
 
 
+def _bf16_for_per_row(module: torch.nn.Module, quant_type: str) -> list[str]:
+    """cache-dit's float8_per_row refuses any non-bf16 Linear, excluded or not, and diffusers keeps
+    Wan's time embedder in fp32: those few small layers go to bf16 and stay unquantized."""
+    if quant_type != "float8_per_row":
+        return []
+    names = [name for name, sub in module.named_modules()
+             if isinstance(sub, torch.nn.Linear) and sub.weight.dtype != torch.bfloat16]
+    for name in names:
+        module.get_submodule(name).to(torch.bfloat16)
+    return names
+
+
 def quantize_and_compile(experts: DualExperts, engine: EngineOptions) -> None:
     if engine.quantize is not None:
         import cache_dit
@@ -61,17 +73,7 @@ def quantize_and_compile(experts: DualExperts, engine: EngineOptions) -> None:
 
         quantized = []
         for module in (experts.high, experts.low):
-            # diffusers keeps Wan's time_embedder in fp32 (_keep_in_fp32_modules); cache-dit's
-            # float8_per_row refuses any non-bf16 Linear, excluded or not. Those few small layers
-            # go to bf16 and stay unquantized.
-            kept = [name for name, sub in module.named_modules()
-                    if isinstance(sub, torch.nn.Linear) and sub.weight.dtype != torch.bfloat16]
-            if kept and engine.quantize.quant_type == "float8_per_row":
-                for name in kept:
-                    module.get_submodule(name).to(torch.bfloat16)
-                log.info("cast %d non-bf16 linear layers to bf16, not quantized: %s", len(kept), kept)
-            else:
-                kept = []
+            kept = _bf16_for_per_row(module, engine.quantize.quant_type)
             config = QuantizeConfig(quant_type=engine.quantize.quant_type,
                                     exclude_layers=list(engine.quantize.exclude_layers) + kept)
             quantized.append(cache_dit.quantize(module, quantize_config=config))

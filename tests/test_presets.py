@@ -109,3 +109,16 @@ def test_missing_attention_package_is_named():
 def test_unknown_quant_type_lists_the_known_ones():
     with pytest.raises(UserInputError, match="float8_per_row"):
         QuantSettings("float8")
+
+
+def test_per_row_fp8_gets_bf16_linears_only():
+    """cache-dit's float8_per_row asserts every Linear is bf16; diffusers keeps the time embedder in fp32."""
+    from accel.engine import _bf16_for_per_row
+    from accel.model import load_experts
+
+    module = load_experts(ModelSpec(dtype="bf16")).high
+    assert module.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    cast = _bf16_for_per_row(module, "float8_per_row")
+    assert "condition_embedder.time_embedder.linear_1" in cast
+    assert all(m.weight.dtype == torch.bfloat16 for m in module.modules() if isinstance(m, torch.nn.Linear))
+    assert _bf16_for_per_row(load_experts(ModelSpec(dtype="bf16")).high, "int8_weight_only") == []
