@@ -9,7 +9,7 @@ from accel.config import CacheSettings, EngineOptions, JobSettings, SamplerSetti
 from accel.sampler import Runtime, run_job
 from accel.scm import build_scm
 
-from .conftest import TINY, tiny_job
+from helpers import TINY, tiny_job
 
 
 def test_compiled_blocks_do_not_recompile_for_cache_steps_experts_or_later_jobs():

@@ -12,7 +12,7 @@ from accel.config import ModelSpec
 from accel.errors import UserInputError
 from accel.model import load_experts
 
-from .conftest import TINY
+from helpers import TINY
 
 # diffusers name -> original Wan name, for the keys a WanTransformer3DModel has (inverse of
 # diffusers' convert_wan_transformer_to_diffusers), to write files as ComfyUI users keep them.

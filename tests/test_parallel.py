@@ -22,7 +22,7 @@ from accel.parallel.registry import WorkerGroupRegistry
 from accel.sampler import run_job
 from accel.scm import build_scm
 
-from .conftest import TINY, tiny_job
+from helpers import TINY, tiny_job
 
 ROOT = Path(__file__).resolve().parents[1]
 

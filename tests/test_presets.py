@@ -12,7 +12,7 @@ from accel.errors import UserInputError
 from accel.presets import list_presets, load_preset, preset_to_dict
 from accel.sampler import Runtime, run_job
 
-from .conftest import TINY, tiny_job
+from helpers import TINY, tiny_job
 
 
 def test_the_documented_presets_exist():

@@ -13,8 +13,8 @@ from accel.sampler import run_job
 from accel.schedule import plan_experts
 from accel.scm import build_scm
 
-from .conftest import TINY, tiny_job
-from .reference import plain_sample
+from helpers import TINY, tiny_job
+from reference import plain_sample
 
 
 def settings(steps=40, shift=12.0, cache=True, preset=None, policy="dynamic", **sampler) -> JobSettings:

@@ -27,6 +27,11 @@ class ParallelLayout:
         if self.devices is not None and len(set(self.devices)) != len(self.devices):
             raise UserInputError(f"GPU list has duplicates: {list(self.devices)}")
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "ParallelLayout":
+        devices = data.get("devices")
+        return cls(**{**data, "devices": None if devices is None else tuple(devices)})
+
     @property
     def world(self) -> int:
         return self.ulysses * self.cfg

@@ -65,8 +65,7 @@ class Worker:
     def __init__(self, config: WorkerConfig, conn):
         self.config = config
         self.conn = conn
-        self.layout = ParallelLayout(**{**config.layout, "devices": tuple(config.layout["devices"])
-                                        if config.layout["devices"] is not None else None})
+        self.layout = ParallelLayout.from_dict(config.layout)
         self.spec = ModelSpec(**config.spec)
         self.rank = config.rank
         if self.layout.devices is None:
