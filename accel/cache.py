@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from .config import EXPERTS, ExpertCacheConfig
 from .model import DualExperts
 
@@ -145,7 +143,3 @@ class ExpertCaches:
         import cache_dit
 
         return cache_dit.summary(self.experts.expert(expert))[0]
-
-
-def expert_forward(module: torch.nn.Module, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor):
-    return module(hidden_states=latents, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]

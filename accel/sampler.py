@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from .cache import ExpertCaches, ExpertPlan, expert_forward
+from .cache import ExpertCaches, ExpertPlan
 from .config import EXPERTS, EngineOptions, JobSettings
 from .engine import check_engine, compile_seconds, quantize_and_compile, set_attention_backend
 from .errors import JobCancelled
@@ -97,6 +97,11 @@ class Runtime:
         quantize_and_compile(runtime.experts, engine)
         runtime.engine = engine
         return runtime
+
+
+def expert_forward(module: torch.nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
+                   text: torch.Tensor) -> torch.Tensor:
+    return module(hidden_states=latents, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
 
 
 def _sync(device: torch.device) -> None:

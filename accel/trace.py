@@ -126,6 +126,13 @@ def format_table(trace: Trace) -> str:
         f"forwards {summary['forwards']}, computed {summary['computed']}, cached {summary['cached']}"
         + (f", {speedup:.2f}x fewer full forwards" if speedup else "")
     )
+    timing = [f"{label} {trace.info[key]:.2f} s" for key, label in (("denoise_s", "denoising"), ("compile_s", "compiling"))
+              if trace.info.get(key)]
+    memory = [m for m in trace.info.get("peak_mem_gb_per_rank") or [trace.info.get("peak_mem_gb")] if m is not None]
+    if memory:
+        timing.append("peak GPU memory per rank " + ", ".join(f"{m:.1f}" for m in memory) + " GB")
+    if timing:
+        lines.append("; ".join(timing))
     return "\n".join(lines)
 
 
