@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -54,6 +55,7 @@ class WorkerGroup:
         self.log_dir = Path(tempfile.mkdtemp(prefix="cachedit-workers-"))
         self._cancel = threading.Event()
         self._closed = False
+        self._failed = False  # keep the workers' logs: the error message points at them
         self._job_running = False
 
     # lifecycle
@@ -96,11 +98,9 @@ class WorkerGroup:
             thread.join(POLL_S)
             self._check_alive()
             if time.monotonic() > deadline:
-                self.close()
-                raise WorkerGroupError(f"rank 0 did not connect within {self.start_timeout_s:.0f} s")
+                raise self._failure(f"rank 0 did not connect within {self.start_timeout_s:.0f} s")
         if not accepted:
-            self.close()
-            raise WorkerGroupError("rank 0 failed to authenticate with the host")
+            raise self._failure("rank 0 failed to authenticate with the host")
         return accepted[0]
 
     @property
@@ -126,6 +126,8 @@ class WorkerGroup:
         self._kill()
         if self.conn is not None:
             self.conn.close()
+        if not self._failed:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def _kill(self) -> None:
         for proc in self.procs:
@@ -159,6 +161,7 @@ class WorkerGroup:
         while time.monotonic() < settle and not all(p.poll() is not None for p in self.procs):
             time.sleep(POLL_S)
         dead = [(rank, proc.returncode) for rank, proc in enumerate(self.procs) if proc.poll() is not None]
+        self._failed = True
         self.close()
         signalled = [d for d in dead if d[1] < 0]
         parts = []
@@ -185,8 +188,7 @@ class WorkerGroup:
         while not self.conn.poll(POLL_S):
             self._check_alive()
             if time.monotonic() > deadline:
-                self.close()
-                raise WorkerGroupError(f"no answer from the worker group while {doing}")
+                raise self._failure(f"no answer from the worker group while {doing}")
         try:
             return receive(self.conn)
         except (EOFError, OSError) as error:
@@ -251,8 +253,7 @@ class WorkerGroup:
                     break
                 self._check_alive()
                 if time.monotonic() > deadline:
-                    self.close()
-                    raise WorkerGroupError(f"the job did not finish within {timeout_s:.0f} s")
+                    raise self._failure(f"the job did not finish within {timeout_s:.0f} s")
             message = self._wait_message(deadline, "running the job")
             self._job_running = message.kind == "step"
             if message.kind == "step":
