@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
-from .config import SCM_POLICIES, SCM_PRESETS, CacheSettings, JobSettings, ModelSpec, SamplerSettings
+from .config import SCM_POLICIES, SCM_PRESETS, CacheSettings, EngineOptions, JobSettings, ModelSpec, SamplerSettings
 from .errors import UserInputError
 from .logs import setup_logging
 
@@ -18,6 +19,7 @@ def _demo_parser(sub) -> None:
     demo.add_argument("--preset", choices=(*SCM_PRESETS, "none"), default="fast", help="SCM step mask preset")
     demo.add_argument("--policy", choices=SCM_POLICIES, default="dynamic")
     demo.add_argument("--no-cache", action="store_true", help="plain sampling, no cache-dit")
+    demo.add_argument("--config", help="a preset from configs/ (name or YAML path); replaces --preset/--policy")
     demo.add_argument("--ranks", type=int, default=1, help="worker processes (CPU: gloo)")
     demo.add_argument("--ulysses", type=int, default=None, help="Ulysses degree (default: all ranks)")
     demo.add_argument("--cfg-parallel", action="store_true", help="cond and uncond on different rank groups")
@@ -30,20 +32,29 @@ def _demo_parser(sub) -> None:
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
+    from .presets import load_preset
     from .scm import build_scm
     from .smoke import smoke_embeddings
     from .trace import format_table, write_chart
 
     spec = ModelSpec(source="tiny-random", dtype="fp32")
-    settings = JobSettings(
-        sampler=SamplerSettings(steps=args.steps, seed=args.seed),
-        cache=None if args.no_cache else CacheSettings(),
-        scm=None if args.no_cache or args.preset == "none" else build_scm(args.steps, args.preset, policy=args.policy),
-    )
+    sampler = SamplerSettings(steps=args.steps, seed=args.seed)
+    engine = EngineOptions()
+    if args.config:
+        preset = load_preset(args.config)
+        settings = JobSettings(sampler=sampler, cache=preset.cache, scm=preset.scm_for(args.steps))
+        engine = preset.engine
+    else:
+        settings = JobSettings(
+            sampler=sampler,
+            cache=None if args.no_cache else CacheSettings(),
+            scm=None if args.no_cache or args.preset == "none" else build_scm(args.steps, args.preset,
+                                                                             policy=args.policy),
+        )
     latent = torch.zeros(1, 16, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
     cond, uncond = smoke_embeddings(args.seed, 32), smoke_embeddings(args.seed + 1, 32)
     print("tiny-random Wan2.2 (2 layers, random weights): the output is noise; this shows the cache decisions.")
-    result = _run(spec, settings, cond, uncond, latent, args)
+    result = _run(spec, engine, settings, cond, uncond, latent, args)
     args.out.mkdir(parents=True, exist_ok=True)
     result.trace.write_json(args.out / "trace.json")
     write_chart(result.trace, args.out / "decisions.png")
@@ -52,23 +63,27 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(spec, settings, cond, uncond, latent, args):
+@contextlib.contextmanager
+def _progress(steps: int):
     from tqdm import tqdm
 
+    with tqdm(total=steps, desc="denoising", unit="step", file=sys.stderr) as bar:
+        yield lambda step, records: bar.update(1)
+
+
+def _run(spec, engine, settings, cond, uncond, latent, args):
     from .sampler import Job, Runtime, run_job
 
     job = Job(cond=cond, uncond=uncond, latent=latent, settings=settings)
-    with tqdm(total=settings.sampler.steps, desc="denoising", unit="step", file=sys.stderr) as bar:
-        def on_step(step, records):
-            bar.update(1)
+    if args.ranks <= 1:
+        runtime = Runtime.load(spec, "cpu", engine)
+        with _progress(settings.sampler.steps) as on_step:
+            return run_job(runtime, job, on_step=on_step)
+    from .parallel.group import ParallelLayout, WorkerGroup
 
-        if args.ranks <= 1:
-            return run_job(Runtime.load(spec), job, on_step=on_step)
-        from .parallel.group import ParallelLayout, WorkerGroup
-
-        layout = ParallelLayout.for_ranks(args.ranks, ulysses=args.ulysses, cfg_parallel=args.cfg_parallel)
-        with WorkerGroup(spec, layout) as group:
-            return group.run(job, on_step=on_step)
+    layout = ParallelLayout.for_ranks(args.ranks, ulysses=args.ulysses, cfg_parallel=args.cfg_parallel)
+    with WorkerGroup(spec, layout, engine) as group, _progress(settings.sampler.steps) as on_step:
+        return group.run(job, on_step=on_step)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,8 +26,8 @@ def check_engine(engine: EngineOptions, spec: ModelSpec, device: torch.device | 
         kind = engine.quantize.quant_type
         if device is None or device.type != "cuda":
             raise UserInputError(
-                f"{kind} quantization needs a CUDA GPU; this run is on the CPU. Remove the FP8 Quantize node "
-                "or pick GPUs in the sampler"
+                f"{kind} quantization needs a CUDA GPU; this run is on the CPU. Drop the quantization "
+                "(FP8 Quantize node, preset's quantize_config) or run on GPUs"
             )
         if kind.startswith("float8"):
             capability = torch.cuda.get_device_capability(device)

@@ -122,3 +122,12 @@ def test_per_row_fp8_gets_bf16_linears_only():
     assert "condition_embedder.time_embedder.linear_1" in cast
     assert all(m.weight.dtype == torch.bfloat16 for m in module.modules() if isinstance(m, torch.nn.Linear))
     assert _bf16_for_per_row(load_experts(ModelSpec(dtype="bf16")).high, "int8_weight_only") == []
+
+
+def test_demo_takes_a_preset_and_refuses_fp8_on_cpu(tmp_path, capsys):
+    from accel.cli import main
+
+    assert main(["demo", "--config", "fast", "--out", str(tmp_path)]) == 0
+    assert "computed 36" in capsys.readouterr().out
+    assert main(["demo", "--config", "fp8", "--out", str(tmp_path)]) == 2
+    assert "needs a CUDA GPU; this run is on the CPU" in capsys.readouterr().err
