@@ -5,7 +5,7 @@ ComfyUI imports this file by path; everything below is imported relatively.
 
 from .accel.logs import quiet_libraries
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from .nodes.server import register
+from .nodes.routes import register
 
 WEB_DIRECTORY = "./web"
 

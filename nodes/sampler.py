@@ -14,7 +14,7 @@ from ..accel.sampler import Job, check_job
 from ..accel.trace import format_table
 from . import comfy
 from .handles import CACHE_CONFIG, CATEGORY, MODEL, QUANT, SCM_MASK
-from .server import STORE
+from .routes import STORE
 
 log = logging.getLogger(__name__)
 

@@ -155,7 +155,7 @@ def test_free_releases_the_worker_group(pack):
         def unload_all_models():
             calls.append("unloaded")
 
-    sub(pack, "nodes.server").release_on_unload(FakeModelManagement)
+    sub(pack, "nodes.routes").release_on_unload(FakeModelManagement)
     FakeModelManagement.unload_all_models()
     assert calls == ["unloaded"] and registry.current is None and not group.alive
 
@@ -170,7 +170,7 @@ def test_trace_routes(pack, tmp_path):
 
     async def scenario():
         routes = web.RouteTableDef()
-        sub(pack, "nodes.server").add_routes(routes, store, lambda: released.append(1) or True)
+        sub(pack, "nodes.routes").add_routes(routes, store, lambda: released.append(1) or True)
         app = web.Application()
         app.add_routes(routes)
         async with TestClient(TestServer(app)) as client:
