@@ -118,11 +118,7 @@ def run_job(
 ) -> JobResult:
     settings = job.settings
     sampler = settings.sampler
-    model_config = dict(runtime.experts.config)
-    validate_job(
-        settings, model_config, tuple(job.latent.shape), tuple(job.cond.shape),
-        None if job.uncond is None else tuple(job.uncond.shape),
-    )
+    _validate(job, dict(runtime.experts.config))
     device, topology = runtime.device, runtime.topology
     dtype = runtime.experts.high.dtype
     scheduler = make_scheduler(sampler)
@@ -133,7 +129,7 @@ def run_job(
         expert: ExpertPlan(
             steps=experts_of_step.count(expert),
             config=settings.cache.for_expert(expert) if settings.cache is not None else None,
-            mask=masks.get(expert) if settings.cache is not None else None,
+            mask=masks.get(expert),
             policy=settings.scm.policy if settings.scm is not None else "dynamic",
             separate_cfg=sampler.guidance(expert) > 1.0 and not topology.cfg_parallel,
         )
@@ -203,9 +199,11 @@ def run_job(
     return JobResult(latent=process_out(latents.float()).cpu(), trace=trace)
 
 
+def _validate(job: Job, model_config: dict) -> None:
+    validate_job(job.settings, model_config, tuple(job.latent.shape), tuple(job.cond.shape),
+                 None if job.uncond is None else tuple(job.uncond.shape))
+
+
 def check_job(spec, job: Job) -> None:
     """Validate a job against a model spec without loading weights (host side)."""
-    validate_job(
-        job.settings, model_config_for(spec), tuple(job.latent.shape), tuple(job.cond.shape),
-        None if job.uncond is None else tuple(job.uncond.shape),
-    )
+    _validate(job, model_config_for(spec))

@@ -43,6 +43,8 @@ def validate_job(
     if uncond_shape is None and (settings.sampler.cfg_high > 1.0 or settings.sampler.cfg_low > 1.0):
         raise UserInputError("cfg > 1 needs negative conditioning")
     if settings.scm is not None:
+        if settings.cache is None:
+            raise UserInputError("an SCM mask needs caching: add cache settings (a Cache-DiT Config or a preset)")
         check_mask_length(settings.scm, settings.sampler.steps)
     if settings.cache is not None:
         for expert in EXPERTS:

@@ -104,8 +104,6 @@ class UlyssesParallelSampler:
     def job_and_engine(model, positive, negative, latent, seed, steps, cfg, cfg_low_noise, shift, scheduler,
                        compile, attention_backend, cache_config=None, scm_mask=None, quantization=None):
         preset = cache_config
-        if scm_mask is not None and (preset is None or preset.cache is None):
-            raise UserInputError("an SCM mask needs caching: connect a Cache-DiT Config to cache_config")
         sampler = SamplerSettings(steps=steps, seed=seed, cfg_high=cfg, cfg_low=cfg_low_noise, shift=shift,
                                   scheduler=scheduler, boundary=model.boundary)
         settings = JobSettings(

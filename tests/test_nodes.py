@@ -133,7 +133,7 @@ def test_sampler_refuses_bad_inputs_before_any_gpu_work(pack):
     inputs["scm_mask"] = node(pack, "SCMMask")().build(40, "fast", "dynamic", "", "")["result"][0]
     with pytest.raises(errors.UserInputError, match="SCM mask has 40 steps but the sampler runs 12"):
         sampler.sample(**inputs)
-    with pytest.raises(errors.UserInputError, match="needs caching"):
+    with pytest.raises(errors.UserInputError, match="SCM mask needs caching"):
         sampler.sample(**{**inputs, "cache_config": None})
     with pytest.raises(errors.UserInputError, match="needs a CUDA GPU; this run is on the CPU"):
         sampler.sample(**{**sampler_inputs(pack), "quantization": node(pack, "FP8Quantize")().build(

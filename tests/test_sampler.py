@@ -155,7 +155,9 @@ def test_trace_json_has_the_documented_keys(runtime, tmp_path):
 @pytest.mark.parametrize(
     "job_settings, latent_shape, message",
     [
-        (JobSettings(sampler=SamplerSettings(steps=10), scm=build_scm(12, "fast")), (1, 16, 3, 8, 8), "12 steps"),
+        (JobSettings(sampler=SamplerSettings(steps=10), cache=CacheSettings(), scm=build_scm(12, "fast")),
+         (1, 16, 3, 8, 8), "12 steps"),
+        (JobSettings(scm=build_scm(40, "fast")), (1, 16, 3, 8, 8), "SCM mask needs caching"),
         (JobSettings(cache=CacheSettings(high=ExpertCacheConfig(Fn_compute_blocks=2, Bn_compute_blocks=1))),
          (1, 16, 3, 8, 8), "exceeds the model's 2 layers"),
         (JobSettings(), (1, 4, 3, 8, 8), "latent must be"),
