@@ -166,6 +166,16 @@ class Bench:
             self.group_runs("all-in: Ulysses 2 + fp8 + compile + fast", self.layout(ulysses=2), fp8,
                             [("Ulysses 2 fp8 compile, fast", full, "fast")])
 
+    def decoded_psnr(self, bases: dict[int, str]) -> dict[str, float]:
+        """With real weights: PSNR of each run's decoded frames against the unaccelerated run's."""
+        from bench.quality import decode, load_vae, psnr
+
+        vae = load_vae(self.args.model_path, torch.device("cuda:0" if torch.cuda.is_available() else "cpu"))
+        reference = {steps: decode(vae, self.latents[name]) for steps, name in bases.items()}
+        return {name: psnr(decode(vae, latent), reference[self.rows[name]["steps"]])
+                for name, latent in self.latents.items()
+                if name in self.rows and self.rows[name]["steps"] in reference and name not in bases.values()}
+
     def write(self, part: str) -> Path:
         # Each accelerated run against the unaccelerated 1-GPU eager bf16 run of the same step count.
         bases = {self.rows[n]["steps"]: n for n in ("1 GPU bf16 eager, no cache", "1 GPU bf16 eager, no cache (short)")
@@ -175,6 +185,7 @@ class Bench:
             base = bases.get(self.rows[name]["steps"]) if name in self.rows else None
             if base is not None and base != name:
                 errors[name] = {"vs": base, "rel_error": relative_error(latent, self.latents[base])}
+        quality = self.decoded_psnr(bases) if self.args.model_path else {}
         payload = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "device": device_name(),
             "versions": versions(), "part": part,
@@ -182,7 +193,8 @@ class Bench:
                          "tokens": tokens(self.args.height, self.args.width, self.args.frames), "steps": self.args.steps,
                          "short_steps": self.args.short_steps, "cfg": "on (4.0 / 3.0)", "model": self.spec.source,
                          "tiny": self.tiny},
-            "rows": self.rows, "groups": self.groups, "latent_rel_error_vs_uncached": errors, "notes": self.notes,
+            "rows": self.rows, "groups": self.groups, "latent_rel_error_vs_uncached": errors,
+            "psnr_db_vs_uncached": quality, "notes": self.notes,
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
         gpu = "cpu" if self.tiny else torch.cuda.get_device_name(0).replace(" ", "-")

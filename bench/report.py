@@ -70,6 +70,7 @@ def main(paths: list[str]) -> int:
         "fp8_compile_s_warm_cache": groups.get("1 GPU fp8 compiled (warm compile cache)", {}).get("warmup_compile_s"),
         "peak_mem_gb": {name: row.get("peak_mem_gb") for p in parts.values() for name, row in p["rows"].items()},
         "latent_rel_error_vs_uncached": {k: v for p in parts.values() for k, v in p["latent_rel_error_vs_uncached"].items()},
+        "psnr_db_vs_uncached": {k: v for p in parts.values() for k, v in p.get("psnr_db_vs_uncached", {}).items()},
         "notes": [n for p in parts.values() for n in p["notes"]]
         + [line[2:] for f in findings for line in Path(f).read_text().splitlines() if line.startswith("- ")],
         "parts": parts,
@@ -83,10 +84,11 @@ def main(paths: list[str]) -> int:
     for name, part in parts.items():
         rows = [[k, r["steps"], r["denoise_s"], r["s_per_step"], r.get("job_overhead_s") or "", r.get("peak_mem_gb") or "",
                  r.get("warmup_compile_s") or "", r.get("computed", ""), r.get("forwards", ""),
-                 part["latent_rel_error_vs_uncached"].get(k, {}).get("rel_error", "")] for k, r in part["rows"].items()]
+                 part["latent_rel_error_vs_uncached"].get(k, {}).get("rel_error", ""),
+                 part.get("psnr_db_vs_uncached", {}).get(k, "")] for k, r in part["rows"].items()]
         lines += [f"## Part `{name}`", "", markdown_table(
             ["run", "steps", "denoise s", "s/step", "job overhead s", "peak GB/rank", "warm-up compile s", "computed",
-             "forwards", "latent rel. error"], rows), ""]
+             "forwards", "latent rel. error", "PSNR dB (real weights)"], rows), ""]
     summary = [[key, result[key], TARGETS.get(key, "")] for key in (
         "cache_speedup", "cache_speedup_fast_preset", "compile_speedup", "fp8_compile_speedup", "ulysses2_scaling",
         "cfg2_scaling", "all_in_speedup", "all_in_speedup_fast_preset",
