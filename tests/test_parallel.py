@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -126,6 +127,23 @@ def test_cancel_stops_within_a_step_and_the_group_stays_usable():
         pids = [p.pid for p in group.procs]
         result = group.run(tiny_job(cached()))
         assert result.trace.records and group.alive and [p.pid for p in group.procs] == pids
+
+
+def test_a_hung_rank_is_torn_down_after_a_cancel():
+    group = WorkerGroup(TINY, ParallelLayout(ulysses=2), cancel_grace_s=2.0).start()
+    pids = [p.pid for p in group.procs]
+
+    def hang_rank1_then_cancel(step, records):
+        if step == 2:
+            os.kill(pids[1], signal.SIGSTOP)  # neither steps nor dies: rank 0 soon waits in a collective
+            threading.Timer(1.0, group.cancel).start()
+
+    try:
+        with pytest.raises(WorkerGroupError, match="did not stop within 2 s of the cancel"):
+            group.run(tiny_job(cached(steps=2000, preset=None)), on_step=hang_rank1_then_cancel)
+        assert pids_gone(pids) and not group.alive
+    finally:
+        group.close()
 
 
 def test_a_host_side_exception_mid_job_stops_the_job_and_keeps_the_group():

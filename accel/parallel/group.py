@@ -32,6 +32,7 @@ POLL_S = 0.1
 START_TIMEOUT_S = 1800.0  # loading two 14B experts from a slow disk takes minutes
 COLLECTIVE_TIMEOUT_S = 1200.0  # the first compiled FP8 forward takes ~200 s on every rank at once
 SHUTDOWN_GRACE_S = 5.0
+CANCEL_GRACE_S = 300.0  # a cancelled job stops before its next step; longer than the slowest step + compile
 # Inductor and Triton caches survive worker and server restarts, so compiling is paid once.
 DEFAULT_COMPILE_CACHE = Path.home() / ".cache" / "comfyui-cachedit-parallel" / "compile"
 
@@ -41,7 +42,7 @@ class WorkerGroup:
 
     def __init__(self, spec: ModelSpec, layout: ParallelLayout, engine: EngineOptions | None = None, *,
                  compile_cache_dir: Path | None = None, start_timeout_s: float = START_TIMEOUT_S,
-                 collective_timeout_s: float = COLLECTIVE_TIMEOUT_S):
+                 collective_timeout_s: float = COLLECTIVE_TIMEOUT_S, cancel_grace_s: float = CANCEL_GRACE_S):
         self.spec = spec
         self.layout = layout
         self.engine = engine or EngineOptions()
@@ -49,6 +50,7 @@ class WorkerGroup:
         self.compile_cache_dir = compile_cache_dir or DEFAULT_COMPILE_CACHE
         self.start_timeout_s = start_timeout_s
         self.collective_timeout_s = collective_timeout_s
+        self.cancel_grace_s = cancel_grace_s
         self.procs: list[subprocess.Popen] = []
         self.conn = None
         self.ready: dict = {}
@@ -243,17 +245,20 @@ class WorkerGroup:
             self.close()
 
     def _follow(self, on_step, should_cancel, deadline: float, timeout_s: float) -> JobResult:
-        cancel_sent = False
+        cancelled_at = None
         while True:
             while True:
-                if not cancel_sent and (self._cancel.is_set() or (should_cancel is not None and should_cancel())):
+                if cancelled_at is None and (self._cancel.is_set() or (should_cancel is not None and should_cancel())):
                     send(self.conn, Message("cancel"))
-                    cancel_sent = True
+                    cancelled_at = time.monotonic()
                 if self.conn.poll(POLL_S):
                     break
                 self._check_alive()
                 if time.monotonic() > deadline:
                     raise self._failure(f"the job did not finish within {timeout_s:.0f} s")
+                if cancelled_at is not None and time.monotonic() - cancelled_at > self.cancel_grace_s:
+                    # A rank that neither steps nor dies is hung (a stuck collective or kernel).
+                    raise self._failure(f"the workers did not stop within {self.cancel_grace_s:.0f} s of the cancel")
             message = self._wait_message(deadline, "running the job")
             self._job_running = message.kind == "step"
             if message.kind == "step":
