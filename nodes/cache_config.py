@@ -55,6 +55,8 @@ class CacheDiTConfig:
         (the widgets are range-checked by ComfyUI itself)."""
         if preset == CUSTOM:
             return True
+        if preset not in list_presets():  # names only: a prompt must not make the server read other files
+            return f"unknown preset {preset!r}; presets: {', '.join(list_presets())}"
         try:
             load_preset(preset)
         except UserInputError as error:

@@ -73,7 +73,7 @@ def test_loader_names_the_missing_file(pack, tmp_path):
     assert loader.VALIDATE_INPUTS("tiny-random", "none", "none", "", "bf16", 0.875) is True
 
 
-def test_cache_config_defaults_are_the_sglang_run_and_presets_load(pack, tmp_path):
+def test_cache_config_defaults_are_the_sglang_run_and_presets_load(pack, tmp_path, monkeypatch):
     config = node(pack, "CacheDiTConfig")()
     widgets = {k: v for k, v in defaults(pack, "CacheDiTConfig").items() if k != "preset"}
     custom = config.build(defaults(pack, "CacheDiTConfig")["preset"], **widgets)[0]
@@ -81,7 +81,9 @@ def test_cache_config_defaults_are_the_sglang_run_and_presets_load(pack, tmp_pat
     assert config.build("sglang-fast", **widgets)[0].scm_mask == "fast"
     bad = tmp_path / "mine.yaml"
     bad.write_text("cache_config:\n  Fn_compute_blocks: 1\n  warmup_steps: 3\n")
-    message = node(pack, "CacheDiTConfig").VALIDATE_INPUTS(str(bad))
+    assert "unknown preset '/etc/passwd'" in node(pack, "CacheDiTConfig").VALIDATE_INPUTS("/etc/passwd")
+    monkeypatch.setattr(sub(pack, "accel.presets"), "PRESET_DIR", tmp_path)
+    message = node(pack, "CacheDiTConfig").VALIDATE_INPUTS("mine")
     assert f"{bad}, line 3: unknown key 'cache_config.warmup_steps'" in message
 
 
