@@ -118,7 +118,7 @@ def run_job(
 ) -> JobResult:
     settings = job.settings
     sampler = settings.sampler
-    _validate(job, dict(runtime.experts.config))
+    validate_for_model(job, dict(runtime.experts.config))
     device, topology = runtime.device, runtime.topology
     dtype = runtime.experts.high.dtype
     scheduler = make_scheduler(sampler)
@@ -199,11 +199,11 @@ def run_job(
     return JobResult(latent=process_out(latents.float()).cpu(), trace=trace)
 
 
-def _validate(job: Job, model_config: dict) -> None:
+def validate_for_model(job: Job, model_config: dict) -> None:
     validate_job(job.settings, model_config, tuple(job.latent.shape), tuple(job.cond.shape),
                  None if job.uncond is None else tuple(job.uncond.shape))
 
 
 def check_job(spec, job: Job) -> None:
     """Validate a job against a model spec without loading weights (host side)."""
-    _validate(job, model_config_for(spec))
+    validate_for_model(job, model_config_for(spec))

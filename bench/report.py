@@ -32,7 +32,7 @@ def ratio(rows: dict, numerator: str, denominator: str, key: str = "s_per_step")
 def main(paths: list[str]) -> int:
     findings = [p for p in paths if p.endswith(".md")]
     paths = [p for p in paths if p.endswith(".json")]
-    parts = {json.loads(Path(p).read_text())["part"]: json.loads(Path(p).read_text()) for p in paths}
+    parts = {part["part"]: part for part in (json.loads(Path(p).read_text()) for p in paths)}
     eager = parts.get("eager", {}).get("rows", {})
     compiled = parts.get("compiled", {}).get("rows", {})
     any_part = next(iter(parts.values()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -20,7 +21,7 @@ from ..config import EngineOptions, ModelSpec
 from ..engine import check_engine
 from ..errors import JobCancelled, UserInputError, WorkerGroupError
 from ..model import model_config_for
-from ..sampler import Job, JobResult, check_job
+from ..sampler import Job, JobResult, validate_for_model
 from ..trace import StepRecord, Trace
 from .channel import Message, listen, receive, send
 from .launch import free_port, start_worker
@@ -62,9 +63,14 @@ class WorkerGroup:
 
     # lifecycle
 
+    @functools.cached_property
+    def model_config(self) -> dict:
+        """The experts' architecture, read once from the model files (headers only)."""
+        return model_config_for(self.spec)
+
     def check(self) -> None:
         """What can be refused without starting anything: layout against the model, engine against the GPU."""
-        self.layout.check_model(model_config_for(self.spec)["num_attention_heads"])
+        self.layout.check_model(self.model_config["num_attention_heads"])
         device = torch.device("cuda", self.layout.devices[0]) if self.layout.devices else None
         check_engine(self.engine, self.spec, device)
 
@@ -212,8 +218,8 @@ class WorkerGroup:
     ) -> JobResult:
         if not self.alive:
             raise WorkerGroupError("the worker group is not running")
-        check_job(self.spec, job)
-        patch = model_config_for(self.spec)["patch_size"]
+        validate_for_model(job, self.model_config)
+        patch = self.model_config["patch_size"]
         self.layout.check_tokens(tuple(n // p for n, p in zip(job.latent.shape[2:], patch)), 8 * patch[1])
         self._cancel.clear()
         tensors = {"cond": job.cond, "latent": job.latent}
