@@ -69,7 +69,9 @@ class EngineOptions:
     quantize: QuantSettings | None = None
     compile: bool = False
     attention_backend: str = "native"
-    ulysses_async: bool = False  # cache-dit: overlap the Ulysses all-to-all with compute
+    # Launch each Ulysses all-to-all as soon as its q/k/v is projected (accel/attention.py). On by
+    # default here (cache-dit's key, off by default there, where Wan has no async Ulysses).
+    ulysses_async: bool = True
     ulysses_float8: bool = False  # cache-dit: FP8 all-to-all payloads
 
     def __post_init__(self) -> None:

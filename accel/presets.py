@@ -135,7 +135,7 @@ def load_preset(name_or_path: str) -> Preset:
     parallel = data.get("parallelism_config", {})
     engine = EngineOptions(
         quantize=quantize, compile=data.get("compile", False), attention_backend=backend,
-        ulysses_async=parallel.get("ulysses_async", False), ulysses_float8=parallel.get("ulysses_float8", False),
+        ulysses_async=parallel.get("ulysses_async", True), ulysses_float8=parallel.get("ulysses_float8", False),
     )
 
     cache_section = data.get("cache_config")
@@ -199,8 +199,9 @@ def preset_to_dict(preset: Preset) -> dict[str, Any]:
     if preset.engine.quantize is not None:
         data["quantize_config"] = {"quant_type": preset.engine.quantize.quant_type,
                                    "exclude_layers": list(preset.engine.quantize.exclude_layers)}
-    parallel = {k: v for k, v in (("ulysses_size", preset.ulysses), ("ulysses_async", preset.engine.ulysses_async),
-                                  ("ulysses_float8", preset.engine.ulysses_float8)) if v}
+    parallel = {k: v for k, v in (("ulysses_size", preset.ulysses), ("ulysses_float8", preset.engine.ulysses_float8)) if v}
+    if not preset.engine.ulysses_async:
+        parallel["ulysses_async"] = False
     if parallel:
         data["parallelism_config"] = parallel
     if preset.engine.compile:

@@ -16,6 +16,7 @@ from .cache import ExpertCaches, ExpertPlan
 from .config import EXPERTS, EngineOptions, JobSettings
 from .engine import check_engine, compile_seconds, quantize_and_compile, set_attention_backend
 from .errors import JobCancelled
+from .fused_block import fuse_block_ops
 from .latent import process_in, process_out
 from .model import DualExperts, load_experts, model_config_for
 from .schedule import expert_of_steps, make_scheduler
@@ -85,12 +86,16 @@ class Runtime:
     @classmethod
     def load(cls, spec, device: torch.device | str = "cpu", engine: EngineOptions | None = None,
              parallelize: Callable[[DualExperts], None] | None = None) -> "Runtime":
-        """Load the experts, attach cache hooks, then (in cache-dit's order) parallelism,
-        attention backend, quantization and compile."""
+        """Load the experts, fuse their blocks' elementwise ops, attach cache hooks, then (in
+        cache-dit's order) parallelism, attention backend, quantization and compile."""
         device = torch.device(device)
         engine = engine or EngineOptions()
         check_engine(engine, spec, device)
-        runtime = cls(load_experts(spec, device), device)
+        experts = load_experts(spec, device)
+        # Before any hook wraps a block's forward; whole-block compile fuses the helpers itself.
+        for module in (experts.high, experts.low):
+            fuse_block_ops(module, compiled=device.type == "cuda" and not engine.compile)
+        runtime = cls(experts, device)
         if parallelize is not None:
             parallelize(runtime.experts)
         set_attention_backend(runtime.experts, engine)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from accel.config import CacheSettings, ExpertCacheConfig, JobSettings, SamplerSettings
+from accel.config import CacheSettings, EngineOptions, ExpertCacheConfig, JobSettings, SamplerSettings
 from accel.errors import JobCancelled, UserInputError, WorkerGroupError
 from accel.parallel.group import WorkerGroup
 from accel.parallel.layout import ParallelLayout
@@ -57,9 +57,13 @@ def pids_gone(pids, within_s=5.0) -> bool:
     return False
 
 
-@pytest.mark.parametrize("layout", [ParallelLayout(ulysses=2), ParallelLayout(cfg=2)], ids=["ulysses2", "cfg2"])
-def test_parallel_run_decides_and_samples_as_one_process(runtime, layout):
-    with WorkerGroup(TINY, layout) as group:
+@pytest.mark.parametrize("layout,engine", [
+    (ParallelLayout(ulysses=2), EngineOptions()),
+    (ParallelLayout(ulysses=2), EngineOptions(ulysses_async=False)),
+    (ParallelLayout(cfg=2), EngineOptions()),
+], ids=["ulysses2-overlapped-all-to-all", "ulysses2-all-to-all-in-sequence", "cfg2"])
+def test_parallel_run_decides_and_samples_as_one_process(runtime, layout, engine):
+    with WorkerGroup(TINY, layout, engine) as group:
         for policy in ("dynamic", "static"):
             job = tiny_job(cached(policy=policy))
             single = run_job(runtime, job)
