@@ -1,6 +1,6 @@
 """What the pack buys on GPUs, measured side by side in one run.
 
-    python bench/benchmark.py --part eager      # cache, Ulysses 2, CFG 2, peers (needs 2 GPUs for the parallel rows)
+    python bench/benchmark.py --part eager      # cache presets, Ulysses 2, CFG 2, peers (2 GPUs for the parallel rows)
     python bench/benchmark.py --part compiled   # compile, FP8 + compile, everything on 2 GPUs
     python bench/benchmark.py --part ulysses --height 720 --width 1280 --frames 81   # all GPUs, as SGLang's run
     python bench/benchmark.py --part eager --tiny   # the same code on CPU with the tiny model (a dry run)
@@ -103,20 +103,22 @@ class Bench:
             traceback.print_exc()
             self.notes.append(f"{label}: failed: {error!r}"[:500])
 
-    def peers(self, steps_short: int, steps_full: int) -> None:
+    def peers(self, steps_short: int, steps_full: int | None) -> None:
+        """In this process, on diffusers' own (unfused) forward: the plain two-expert loop and, given
+        steps_full, cache-dit's own enable_cache with the sglang-fast settings."""
         device = torch.device("cpu" if self.tiny else f"cuda:{min(1, self.gpus - 1)}")
         try:
             experts = load_experts(self.spec, device)
-            job = self.job(steps_short)
             plain_loop(experts, self.job(2), device)  # warm the kernels
-            latent, seconds = plain_loop(experts, job, device)
+            latent, seconds = plain_loop(experts, self.job(steps_short), device)
             self.record("plain diffusers loop", steps_short, seconds=seconds)
-            job = self.job(steps_full, "sglang-fast")
-            steps_of, masks = masks_for(job)
-            enable_cachedit_own(experts, job.settings.cache, job.settings.scm, steps_of, masks)
-            latent, seconds = plain_loop(experts, job, device)
-            self.record("cache-dit enable_cache (sglang-fast)", steps_full, seconds=seconds)
-            self.latents["cache-dit enable_cache (sglang-fast)"] = latent
+            if steps_full is not None:
+                job = self.job(steps_full, "sglang-fast")
+                steps_of, masks = masks_for(job)
+                enable_cachedit_own(experts, job.settings.cache, job.settings.scm, steps_of, masks)
+                latent, seconds = plain_loop(experts, job, device)
+                self.record("cache-dit enable_cache (sglang-fast)", steps_full, seconds=seconds)
+                self.latents["cache-dit enable_cache (sglang-fast)"] = latent
             del experts
         except Exception as error:  # noqa: BLE001
             traceback.print_exc()
@@ -129,6 +131,7 @@ class Bench:
         full, short = self.args.steps, self.args.short_steps
         self.group_runs("1 GPU eager", self.layout(), EngineOptions(),
                         [("1 GPU bf16 eager, no cache", full, "none"), ("1 GPU bf16 eager, sglang-fast", full, "sglang-fast"),
+                         ("1 GPU bf16 eager, sglang-dynamic", full, "sglang-dynamic"),
                          ("1 GPU bf16 eager, no cache (short)", short, "none")])
         if self.tiny or self.gpus >= 2:
             self.group_runs("Ulysses 2", self.layout(ulysses=2), EngineOptions(),
@@ -155,17 +158,7 @@ class Bench:
         if self.gpus >= 2:
             self.group_runs("all-in: Ulysses 2 + fp8 + compile + sglang-fast", self.layout(ulysses=2), fp8,
                             [("Ulysses 2 fp8 compile, sglang-fast", full, "sglang-fast")])
-
-    def part_cache(self) -> None:
-        """The exact-mask preset alone and with everything else (FP8, compile, Ulysses 2)."""
-        full, short = self.args.steps, self.args.short_steps
-        self.group_runs("1 GPU eager", self.layout(), EngineOptions(),
-                        [("1 GPU bf16 eager, no cache (short)", short, "none"),
-                         ("1 GPU bf16 eager, fast", full, "fast")])
-        if not self.tiny and self.gpus >= 2:
-            fp8 = EngineOptions(quantize=QuantSettings("float8_per_row"), compile=True)
-            self.group_runs("all-in: Ulysses 2 + fp8 + compile + fast", self.layout(ulysses=2), fp8,
-                            [("Ulysses 2 fp8 compile, fast", full, "fast")])
+        self.peers(short, None)  # compile against diffusers' own eager forward too
 
     def decoded_psnr(self, bases: dict[int, str]) -> dict[str, float]:
         """With real weights: PSNR of each run's decoded frames against the unaccelerated run's."""
@@ -178,7 +171,7 @@ class Bench:
                 if name in self.rows and self.rows[name]["steps"] in reference and name not in bases.values()}
 
     def part_ulysses(self) -> None:
-        """SGLang's comparison on all GPUs: Ulysses N, no cache vs sglang-fast vs fast, full steps
+        """SGLang's comparison on all GPUs: Ulysses N, no cache vs sglang-fast vs sglang-dynamic, full steps
         (SGLang, 4 GPUs, 720x1280x81, 40 steps: 8.33 s/step -> 6.09 s/step, 1.37x)."""
         degree = 2 if self.tiny else self.gpus
         self.group_runs(f"Ulysses {degree}", self.layout(ulysses=degree), EngineOptions(),
@@ -223,7 +216,7 @@ def cached_cost(trace) -> float | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("eager", "compiled", "cache", "ulysses"), required=True)
+    parser.add_argument("--part", choices=("eager", "compiled", "ulysses"), required=True)
     parser.add_argument("--tiny", action="store_true", help="CPU dry run with the tiny model")
     parser.add_argument("--model-path", help="a diffusers Wan2.2-T2V-A14B directory (real weights)")
     parser.add_argument("--height", type=int, default=480)
@@ -232,7 +225,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--short-steps", type=int, default=4, help="steps of the per-step timings")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--presets", default="none,sglang-fast,fast",
+    parser.add_argument("--presets", default="none,sglang-fast,sglang-dynamic",
                         help="part ulysses: presets to time (split a long run across calls)")
     args = parser.parse_args()
     setup_logging()

@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import markdown_table  # noqa: E402
 
 TARGETS = {
-    "cache_speedup": 2.1, "cache_speedup_fast_preset": 2.1, "all_in_speedup_fast_preset": 6.0, "compile_speedup": 1.2, "fp8_compile_speedup": 1.3, "ulysses2_scaling": 1.85,
-    "cfg2_scaling": 1.9, "all_in_speedup": 6.0,
+    "cache_speedup": 2.1, "compile_speedup": 1.2, "compile_speedup_vs_diffusers_eager": 1.2, "fp8_compile_speedup": 1.3,
+    "ulysses2_scaling": 1.85, "cfg2_scaling": 1.9, "all_in_speedup": 6.0, "peer_cachedit_ratio": 1.0,
+    "warm_job_overhead_s": 1.0, "cached_step_cost_ratio": 0.05,
 }
 # ComfyUI's own WanModel, random A14B expert, bf16, eager, H200 (figure given with the task).
 COMFYUI_FORWARD_S = {14040: 0.940, 32760: 2.977}
@@ -40,7 +41,6 @@ def main(paths: list[str]) -> int:
     base_short = "1 GPU bf16 eager, no cache (short)"
     all_in = "Ulysses 2 fp8 compile, sglang-fast"
     groups = parts.get("compiled", {}).get("groups", {})
-    cache_part = parts.get("cache", {}).get("rows", {})
 
     def extrapolated(rows: dict, run: str) -> float | None:
         """Speedup of a run over the same part's eager bf16 per-step time x the run's steps."""
@@ -50,13 +50,14 @@ def main(paths: list[str]) -> int:
     result = {
         "device": any_part["device"], "versions": any_part["versions"], "settings": settings,
         "cache_speedup": ratio(eager, "1 GPU bf16 eager, no cache", "1 GPU bf16 eager, sglang-fast", "denoise_s"),
+        "cache_speedup_sglang_dynamic": ratio(eager, "1 GPU bf16 eager, no cache", "1 GPU bf16 eager, sglang-dynamic",
+                                              "denoise_s"),
         "compile_speedup": ratio(compiled, base_short, "1 GPU bf16 compile, no cache (short)"),
+        "compile_speedup_vs_diffusers_eager": ratio(compiled, "plain diffusers loop", "1 GPU bf16 compile, no cache (short)"),
         "fp8_compile_speedup": ratio(compiled, "1 GPU bf16 compile, no cache (short)", "1 GPU fp8 compile, no cache (short)"),
         "ulysses2_scaling": ratio(eager, base_short, "Ulysses 2 bf16 eager, no cache (short)"),
         "cfg2_scaling": ratio(eager, base_short, "CFG 2 bf16 eager, no cache (short)"),
         "all_in_speedup": extrapolated(compiled, all_in),
-        "cache_speedup_fast_preset": extrapolated(cache_part, "1 GPU bf16 eager, fast"),
-        "all_in_speedup_fast_preset": extrapolated(cache_part, "Ulysses 2 fp8 compile, fast"),
         "peer_cachedit_ratio": ratio(eager, "1 GPU bf16 eager, sglang-fast", "cache-dit enable_cache (sglang-fast)",
                                      "denoise_s"),
         "plain_loop_ratio": ratio(eager, base_short, "plain diffusers loop"),
@@ -64,6 +65,8 @@ def main(paths: list[str]) -> int:
                                    default=None),
         "cached_step_cost_ratio": eager.get("1 GPU bf16 eager, sglang-fast", {}).get("cached_step_cost_ratio"),
         "uncached_forward_s": eager[base_short]["s_per_step"] / 2 if base_short in eager else None,
+        "uncached_forward_s_diffusers": eager["plain diffusers loop"]["s_per_step"] / 2
+        if "plain diffusers loop" in eager else None,
         "comfyui_wanmodel_forward_s": COMFYUI_FORWARD_S.get(settings["tokens"]),
         "bf16_compile_s": groups.get("1 GPU compiled", {}).get("warmup_compile_s"),
         "fp8_compile_s_cold_cache": groups.get("1 GPU fp8 compiled (cold compile cache)", {}).get("warmup_compile_s"),
@@ -90,10 +93,10 @@ def main(paths: list[str]) -> int:
             ["run", "steps", "denoise s", "s/step", "job overhead s", "peak GB/rank", "warm-up compile s", "computed",
              "forwards", "latent rel. error", "PSNR dB (real weights)"], rows), ""]
     summary = [[key, result[key], TARGETS.get(key, "")] for key in (
-        "cache_speedup", "cache_speedup_fast_preset", "compile_speedup", "fp8_compile_speedup", "ulysses2_scaling",
-        "cfg2_scaling", "all_in_speedup", "all_in_speedup_fast_preset",
+        "cache_speedup", "cache_speedup_sglang_dynamic", "compile_speedup", "compile_speedup_vs_diffusers_eager",
+        "fp8_compile_speedup", "ulysses2_scaling", "cfg2_scaling", "all_in_speedup",
         "peer_cachedit_ratio", "plain_loop_ratio", "warm_job_overhead_s", "cached_step_cost_ratio",
-        "uncached_forward_s", "comfyui_wanmodel_forward_s", "bf16_compile_s", "fp8_compile_s_cold_cache",
+        "uncached_forward_s", "uncached_forward_s_diffusers", "comfyui_wanmodel_forward_s", "bf16_compile_s", "fp8_compile_s_cold_cache",
         "fp8_compile_s_warm_cache")]
     lines += ["## Ratios (each formed inside one part: same machine, same run)", "",
               markdown_table(["measure", "value", "target"], [[k, "n/a" if v is None else v, t] for k, v, t in summary]),

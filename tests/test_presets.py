@@ -16,11 +16,11 @@ from helpers import TINY, tiny_job
 
 
 def test_the_documented_presets_exist():
-    assert {"none", "sglang-fast", "fast", "balanced", "fp8"} <= set(list_presets())
+    assert {"none", "sglang-fast", "sglang-dynamic", "balanced", "fp8"} <= set(list_presets())
 
 
-def test_sglang_fast_is_the_sglang_run():
-    preset = load_preset("sglang-fast")
+def test_sglang_dynamic_is_the_sglang_run():
+    preset = load_preset("sglang-dynamic")
     assert preset.cache == CacheSettings()  # the pack's defaults are that run: W4/MC8 high, W2/MC20 low
     assert (preset.cache.high.max_warmup_steps, preset.cache.high.max_cached_steps) == (4, 8)
     assert (preset.cache.low.max_warmup_steps, preset.cache.low.max_cached_steps) == (2, 20)
@@ -39,14 +39,14 @@ def test_fp8_preset_quantizes_and_compiles():
     assert engine.quantize == QuantSettings("float8_per_row") and engine.compile
 
 
-def test_fast_preset_computes_exactly_the_mask():
-    preset = load_preset("fast")
+def test_sglang_fast_preset_computes_exactly_the_mask():
+    preset = load_preset("sglang-fast")
     trace = run_job(Runtime.load(TINY), tiny_job(JobSettings(
         sampler=SamplerSettings(steps=40), cache=preset.cache, scm=preset.scm_for(40)))).trace
     assert trace.summary()["computed"] == 36  # 18 steps x cond and uncond, with the default shift 12
 
 
-@pytest.mark.parametrize("name", ["none", "sglang-fast", "fast", "balanced", "fp8"])
+@pytest.mark.parametrize("name", ["none", "sglang-fast", "sglang-dynamic", "balanced", "fp8"])
 def test_presets_round_trip(name, tmp_path):
     preset = load_preset(name)
     path = tmp_path / f"{name}.yaml"
@@ -127,7 +127,7 @@ def test_per_row_fp8_gets_bf16_linears_only():
 def test_demo_takes_a_preset_and_refuses_fp8_on_cpu(tmp_path, capsys):
     from accel.cli import main
 
-    assert main(["demo", "--config", "fast", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--config", "sglang-fast", "--out", str(tmp_path)]) == 0
     assert "computed 36" in capsys.readouterr().out
     assert main(["demo", "--config", "fp8", "--out", str(tmp_path)]) == 2
     assert "needs a CUDA GPU; this run is on the CPU" in capsys.readouterr().err
