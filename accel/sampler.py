@@ -114,6 +114,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Stopwatch:
+    """GPU time of each forward without a sync per forward (which would idle the GPU while the
+    CPU issues the next one): CUDA events, read once per step after its work is queued."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def ms(self, start, end) -> float:
+        if not self.cuda:
+            return (end - start) * 1e3
+        end.synchronize()
+        return start.elapsed_time(end)
+
+
 def run_job(
     runtime: Runtime,
     job: Job,
@@ -154,7 +175,8 @@ def run_job(
     trace = Trace(steps=sampler.steps, info={"settings": settings.to_dict(),
                                              "model": dataclasses.asdict(runtime.experts.spec)})
     local_step = {expert: 0 for expert in EXPERTS}
-    compile_wall_s = 0.0  # wall time of the forwards that compiled (graphs, then their kernels)
+    compile_wall_s = 0.0  # wall time of the forwards that compiled (graph capture and kernel builds)
+    stopwatch = Stopwatch(device)
     started = time.perf_counter()
     similarity = (patched_similarity(runtime.caches.manager, topology.sp_group) if runtime.patch_similarity
                   else contextlib.nullcontext())
@@ -171,10 +193,12 @@ def run_job(
             scm_bit = masks[expert][local_step[expert]] if masks else None
             preds: dict[str, torch.Tensor] = {}
             records: list[StepRecord] = []
+            marks = []
             for branch in topology.branches_here(branches):
                 begin, compiled_before = time.perf_counter(), compile_seconds()
+                start = stopwatch.mark()
                 preds[branch] = expert_forward(module, model_in, timestep, texts[branch])
-                _sync(device)
+                marks.append((start, stopwatch.mark()))
                 if compile_seconds() > compiled_before:
                     compile_wall_s += time.perf_counter() - begin
                 decision = runtime.caches.last_decision(expert)
@@ -182,8 +206,7 @@ def run_job(
                     step=step, expert=expert, branch=branch, scm=scm_bit,
                     decision="cache" if decision.cached else "compute",
                     residual_diff=decision.residual_diff, threshold=decision.threshold,
-                    taylorseer=decision.taylorseer, wall_ms=(time.perf_counter() - begin) * 1e3,
-                    timestep=float(t), local_step=decision.local_step,
+                    taylorseer=decision.taylorseer, wall_ms=0.0, timestep=float(t), local_step=decision.local_step,
                 ))
             preds = topology.exchange(preds, branches)
             pred = preds["cond"].float()
@@ -192,6 +215,8 @@ def run_job(
                 pred = uncond + guidance * (pred - uncond)
             latents = scheduler.step(pred, t, latents, return_dict=False)[0]
             local_step[expert] += 1
+            for record, (start, end) in zip(records, marks):  # the step's work is queued: one wait
+                record.wall_ms = stopwatch.ms(start, end)
             step_records = topology.gather_records(records)
             trace.add(step_records)
             if on_step is not None:

@@ -1,6 +1,7 @@
 """What the pack buys on GPUs, measured side by side in one run.
 
-    python bench/benchmark.py --part eager      # cache presets, Ulysses 2, CFG 2, peers (2 GPUs for the parallel rows)
+    python bench/benchmark.py --part eager      # cache presets, peers
+    python bench/benchmark.py --part scaling    # 1 GPU vs Ulysses 2 vs CFG parallel 2 (needs 2 GPUs)
     python bench/benchmark.py --part compiled   # compile, FP8 + compile, everything on 2 GPUs
     python bench/benchmark.py --part ulysses --height 720 --width 1280 --frames 81   # all GPUs, as SGLang's run
     python bench/benchmark.py --part eager --tiny   # the same code on CPU with the tiny model (a dry run)
@@ -133,14 +134,20 @@ class Bench:
                         [("1 GPU bf16 eager, no cache", full, "none"), ("1 GPU bf16 eager, sglang-fast", full, "sglang-fast"),
                          ("1 GPU bf16 eager, sglang-dynamic", full, "sglang-dynamic"),
                          ("1 GPU bf16 eager, no cache (short)", short, "none")])
-        if self.tiny or self.gpus >= 2:
-            self.group_runs("Ulysses 2", self.layout(ulysses=2), EngineOptions(),
-                            [("Ulysses 2 bf16 eager, no cache (short)", short, "none")])
-            self.group_runs("CFG parallel 2", self.layout(cfg=2), EngineOptions(),
-                            [("CFG 2 bf16 eager, no cache (short)", short, "none")])
-        else:
-            self.notes.append("Ulysses 2 and CFG 2: one GPU only")
         self.peers(short, full)
+
+    def part_scaling(self) -> None:
+        """Per-step time of 1 GPU, Ulysses 2 and CFG parallel 2, bf16 eager, no cache."""
+        short = self.args.short_steps
+        self.group_runs("1 GPU eager", self.layout(), EngineOptions(),
+                        [("1 GPU bf16 eager, no cache (short)", short, "none")])
+        if not self.tiny and self.gpus < 2:
+            self.notes.append("Ulysses 2 and CFG 2: one GPU only")
+            return
+        self.group_runs("Ulysses 2", self.layout(ulysses=2), EngineOptions(),
+                        [("Ulysses 2 bf16 eager, no cache (short)", short, "none")])
+        self.group_runs("CFG parallel 2", self.layout(cfg=2), EngineOptions(),
+                        [("CFG 2 bf16 eager, no cache (short)", short, "none")])
 
     def part_compiled(self) -> None:
         full, short = self.args.steps, self.args.short_steps
@@ -154,7 +161,8 @@ class Bench:
             return
         self.group_runs("1 GPU fp8 compiled (cold compile cache)", self.layout(), fp8,
                         [("1 GPU fp8 compile, no cache (short)", short, "none")])
-        self.group_runs("1 GPU fp8 compiled (warm compile cache)", self.layout(), fp8, [])
+        if not self.args.skip_restart:
+            self.group_runs("1 GPU fp8 compiled (warm compile cache)", self.layout(), fp8, [])
         if self.gpus >= 2:
             self.group_runs("all-in: Ulysses 2 + fp8 + compile + sglang-fast", self.layout(ulysses=2), fp8,
                             [("Ulysses 2 fp8 compile, sglang-fast", full, "sglang-fast")])
@@ -216,7 +224,7 @@ def cached_cost(trace) -> float | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("eager", "compiled", "ulysses"), required=True)
+    parser.add_argument("--part", choices=("eager", "scaling", "compiled", "ulysses"), required=True)
     parser.add_argument("--tiny", action="store_true", help="CPU dry run with the tiny model")
     parser.add_argument("--model-path", help="a diffusers Wan2.2-T2V-A14B directory (real weights)")
     parser.add_argument("--height", type=int, default=480)
@@ -225,6 +233,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--short-steps", type=int, default=4, help="steps of the per-step timings")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-restart", action="store_true",
+                        help="part compiled: skip the FP8 group restart that times a warm compile cache")
     parser.add_argument("--presets", default="none,sglang-fast,sglang-dynamic",
                         help="part ulysses: presets to time (split a long run across calls)")
     args = parser.parse_args()

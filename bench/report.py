@@ -36,6 +36,7 @@ def main(paths: list[str]) -> int:
     parts = {part["part"]: part for part in (json.loads(Path(p).read_text()) for p in paths)}
     eager = parts.get("eager", {}).get("rows", {})
     compiled = parts.get("compiled", {}).get("rows", {})
+    scaling = parts.get("scaling", {}).get("rows", {})
     any_part = next(iter(parts.values()))
     settings = any_part["settings"]
     base_short = "1 GPU bf16 eager, no cache (short)"
@@ -55,8 +56,8 @@ def main(paths: list[str]) -> int:
         "compile_speedup": ratio(compiled, base_short, "1 GPU bf16 compile, no cache (short)"),
         "compile_speedup_vs_diffusers_eager": ratio(compiled, "plain diffusers loop", "1 GPU bf16 compile, no cache (short)"),
         "fp8_compile_speedup": ratio(compiled, "1 GPU bf16 compile, no cache (short)", "1 GPU fp8 compile, no cache (short)"),
-        "ulysses2_scaling": ratio(eager, base_short, "Ulysses 2 bf16 eager, no cache (short)"),
-        "cfg2_scaling": ratio(eager, base_short, "CFG 2 bf16 eager, no cache (short)"),
+        "ulysses2_scaling": ratio(scaling, base_short, "Ulysses 2 bf16 eager, no cache (short)"),
+        "cfg2_scaling": ratio(scaling, base_short, "CFG 2 bf16 eager, no cache (short)"),
         "all_in_speedup": extrapolated(compiled, all_in),
         "peer_cachedit_ratio": ratio(eager, "1 GPU bf16 eager, sglang-fast", "cache-dit enable_cache (sglang-fast)",
                                      "denoise_s"),
