@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from accel.attention import rotary  # noqa: E402  (diffusers' apply_rotary_emb, unchanged)
 from accel.config import ModelSpec  # noqa: E402
 from accel.fused_block import fuse_block_ops  # noqa: E402
 from accel.model import load_experts  # noqa: E402
@@ -80,17 +81,6 @@ def kernel_breakdown(fn) -> dict[str, float]:
     return {k: round(v, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
-def diffusers_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    """diffusers' apply_rotary_emb (nested in WanAttnProcessor.__call__), copied to time it alone."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos = freqs_cos[..., 0::2]
-    sin = freqs_sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(x)
-
-
 def single_gpu(repeats: int) -> dict:
     device = torch.device("cuda:0")
     experts = load_experts(ModelSpec(source="a14b-random", dtype="bf16"), device)
@@ -105,7 +95,7 @@ def single_gpu(repeats: int) -> dict:
             row["profile_fused_ms"] = kernel_breakdown(lambda: fused(**x))
             q = torch.randn(1, tokens, 40, 128, device=device, dtype=torch.bfloat16)
             cos, sin = stock.rope(x["hidden_states"])
-            row["rope_ms_per_forward"] = 80 * 1000 * timed(lambda: diffusers_rope(q, cos, sin), 20)
+            row["rope_ms_per_forward"] = 80 * 1000 * timed(lambda: rotary(q, cos, sin), 20)  # eager, as diffusers runs it
             row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
             result[tokens] = row
             print(tokens, json.dumps(row), flush=True)
