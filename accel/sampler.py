@@ -14,7 +14,7 @@ import torch
 
 from .cache import ExpertCaches, ExpertPlan
 from .config import EXPERTS, EngineOptions, JobSettings
-from .engine import check_engine, compile_seconds, quantize_and_compile, set_attention_backend
+from .engine import check_engine, compile_block_ops, compile_seconds, quantize_and_compile, set_attention_backend
 from .errors import JobCancelled
 from .fused_block import fuse_block_ops
 from .latent import process_in, process_out
@@ -92,9 +92,9 @@ class Runtime:
         engine = engine or EngineOptions()
         check_engine(engine, spec, device)
         experts = load_experts(spec, device)
-        # Before any hook wraps a block's forward; whole-block compile fuses the helpers itself.
+        # Before any hook wraps a block's forward.
         for module in (experts.high, experts.low):
-            fuse_block_ops(module, compiled=device.type == "cuda" and not engine.compile)
+            fuse_block_ops(module, compiled=compile_block_ops(engine, device))
         runtime = cls(experts, device)
         if parallelize is not None:
             parallelize(runtime.experts)
