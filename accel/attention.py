@@ -57,6 +57,7 @@ class WanSelfAttnProcessor(WanAttnProcessor):
         return self._heads(attn, attn.to_v(hidden_states))
 
     def _project_out(self, attn, out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``like``: a tensor in the dtype the projections run in (never an FP8 all-to-all output)."""
         return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(like)))
 
     def _local(self, attn, hidden_states, attention_mask, rotary_emb) -> torch.Tensor:
@@ -74,17 +75,16 @@ class WanSelfAttnProcessor(WanAttnProcessor):
         from cache_dit.distributed.core import _All2AllComm
 
         comm = _All2AllComm(cp_config)
-        overlap = cp_config.ulysses_async
-        # Each send runs while the next tensor is projected (waited at once when overlap is off).
-        value = comm.send_v(self._value(attn, hidden_states))
-        value = value if overlap else value.wait()
-        query = self._query(attn, hidden_states, rotary_emb)
-        like = query
-        query = comm.send_q(query)
-        query = query if overlap else query.wait()
-        key = comm.send_k(self._key(attn, hidden_states, rotary_emb)).wait()
-        if overlap:
-            value, query = value.wait(), query.wait()
+        # v first (no norm, no rotary), then q, then k: each all-to-all runs while the next tensor
+        # is projected. With overlap off each one is waited for before the next is computed.
+        sends = ((comm.send_v, lambda: self._value(attn, hidden_states)),
+                 (comm.send_q, lambda: self._query(attn, hidden_states, rotary_emb)),
+                 (comm.send_k, lambda: self._key(attn, hidden_states, rotary_emb)))
+        handles = []
+        for send, compute in sends:
+            handle = send(compute())
+            handles.append(handle if cp_config.ulysses_async else handle.wait())
+        value, query, key = (h.wait() if cp_config.ulysses_async else h for h in handles)
         out = _dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                      backend=self._attention_backend, cp_config=None)
-        return self._project_out(attn, comm.send_o(out).wait(), like)
+        return self._project_out(attn, comm.send_o(out).wait(), hidden_states)
