@@ -18,8 +18,6 @@ from .model import DualExperts
 log = logging.getLogger(__name__)
 
 FP8_MIN_CAPABILITY = (8, 9)
-
-
 TRITON_HINT = "install Triton (it comes with torch's CUDA wheels on Linux; on Windows: pip install triton-windows)"
 
 

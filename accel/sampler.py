@@ -92,9 +92,9 @@ class Runtime:
         engine = engine or EngineOptions()
         check_engine(engine, spec, device)
         experts = load_experts(spec, device)
-        # Before any hook wraps a block's forward.
-        for module in (experts.high, experts.low):
-            fuse_block_ops(module, compiled=compile_block_ops(engine, device))
+        compiled = compile_block_ops(engine, device)
+        for module in (experts.high, experts.low):  # before any hook wraps a block's forward
+            fuse_block_ops(module, compiled=compiled)
         runtime = cls(experts, device)
         if parallelize is not None:
             parallelize(runtime.experts)
