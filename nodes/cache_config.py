@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from ..accel.config import HIGH_DEFAULT, LOW_DEFAULT, CacheSettings, EngineOptions, ExpertCacheConfig
-from ..accel.errors import UserInputError
 from ..accel.presets import Preset, list_presets, load_preset
-from .handles import CACHE_CONFIG, CATEGORY
+from .handles import CACHE_CONFIG, CATEGORY, validation_result
 
 CUSTOM = "custom (the settings below)"
 FIELDS = {  # widget name suffix -> (ExpertCacheConfig field, widget spec)
@@ -57,11 +56,7 @@ class CacheDiTConfig:
             return True
         if preset not in list_presets():  # names only: a prompt must not make the server read other files
             return f"unknown preset {preset!r}; presets: {', '.join(list_presets())}"
-        try:
-            load_preset(preset)
-        except UserInputError as error:
-            return str(error)
-        return True
+        return validation_result(load_preset, preset)
 
     @staticmethod
     def preset(preset: str, widgets: dict) -> Preset:

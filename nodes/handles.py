@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from ..accel.config import ModelSpec
+from ..accel.errors import UserInputError
 
 MODEL = "WAN_DUAL_MODEL"
 CACHE_CONFIG = "CACHEDIT_CONFIG"
@@ -19,3 +21,12 @@ class ModelHandle:
 
     spec: ModelSpec
     boundary: float
+
+
+def validation_result(check: Callable[..., Any], *args: Any) -> bool | str:
+    """A node's VALIDATE_INPUTS answer: True, or the input error's text, shown on the node."""
+    try:
+        check(*args)
+    except UserInputError as error:
+        return str(error)
+    return True

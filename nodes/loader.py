@@ -6,7 +6,7 @@ from ..accel.config import DTYPES, ModelSpec
 from ..accel.errors import UserInputError
 from ..accel.model import model_config_for
 from . import comfy
-from .handles import CATEGORY, MODEL, ModelHandle
+from .handles import CATEGORY, MODEL, ModelHandle, validation_result
 
 SOURCES = ("single-file", "diffusers", "tiny-random", "a14b-random")
 NONE = "none"
@@ -43,11 +43,8 @@ class WanDualTransformerLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, source, high_noise_model, low_noise_model, diffusers_path, dtype, boundary):
-        try:
-            cls.handle(source, high_noise_model, low_noise_model, diffusers_path, dtype, boundary)
-        except UserInputError as error:
-            return str(error)
-        return True
+        return validation_result(cls.handle, source, high_noise_model, low_noise_model, diffusers_path, dtype,
+                                 boundary)
 
     @staticmethod
     def handle(source, high_noise_model, low_noise_model, diffusers_path, dtype, boundary) -> ModelHandle:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ..accel.config import DEFAULT_QUANT_EXCLUDES, QUANT_TYPES, QuantSettings
-from ..accel.errors import UserInputError
-from .handles import CATEGORY, QUANT
+from .handles import CATEGORY, QUANT, validation_result
 
 
 class FP8Quantize:
@@ -36,11 +35,7 @@ class FP8Quantize:
 
     @classmethod
     def VALIDATE_INPUTS(cls, quant_type, exclude_layers):
-        try:
-            cls.settings(quant_type, exclude_layers)
-        except UserInputError as error:
-            return str(error)
-        return True
+        return validation_result(cls.settings, quant_type, exclude_layers)
 
     def build(self, quant_type, exclude_layers):
         return (self.settings(quant_type, exclude_layers),)

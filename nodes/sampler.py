@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -13,7 +14,7 @@ from ..accel.parallel.registry import REGISTRY
 from ..accel.sampler import Job, check_job
 from ..accel.trace import format_table
 from . import comfy
-from .handles import CACHE_CONFIG, CATEGORY, MODEL, QUANT, SCM_MASK
+from .handles import CACHE_CONFIG, CATEGORY, MODEL, QUANT, SCM_MASK, validation_result
 from .routes import STORE
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,7 @@ class UlyssesParallelSampler:
 
     @classmethod
     def VALIDATE_INPUTS(cls, gpus, ulysses_degree, cfg_parallel):
-        try:
-            parse_layout(gpus, ulysses_degree, cfg_parallel)
-        except UserInputError as error:
-            return str(error)
-        return True
+        return validation_result(parse_layout, gpus, ulysses_degree, cfg_parallel)
 
     @staticmethod
     def job_and_engine(model, positive, negative, latent, seed, steps, cfg, cfg_low_noise, shift, scheduler,
@@ -111,11 +108,11 @@ class UlyssesParallelSampler:
             scm=scm_mask if scm_mask is not None else (preset.scm_for(steps) if preset else None),
         )
         base = preset.engine if preset else EngineOptions()
-        engine = EngineOptions(
+        engine = dataclasses.replace(
+            base,
             quantize=quantization if quantization is not None else base.quantize,
             compile=compile or base.compile,
             attention_backend=base.attention_backend if attention_backend == AUTO else attention_backend,
-            ulysses_async=base.ulysses_async, ulysses_float8=base.ulysses_float8,
         )
         guided = cfg > 1.0 or cfg_low_noise > 1.0
         job = Job(cond=conditioning_tensor(positive, "positive"),

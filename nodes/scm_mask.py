@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..accel.config import SCM_POLICIES, SCM_PRESETS, ScmSettings
 from ..accel.errors import UserInputError
 from ..accel.scm import build_scm
-from .handles import CATEGORY, SCM_MASK
+from .handles import CATEGORY, SCM_MASK, validation_result
 
 CUSTOM = "custom bins"
 
@@ -53,11 +53,7 @@ class SCMMask:
 
     @classmethod
     def VALIDATE_INPUTS(cls, steps, preset, policy, compute_bins, cache_bins):
-        try:
-            cls.mask(steps, preset, policy, compute_bins, cache_bins)
-        except UserInputError as error:
-            return str(error)
-        return True
+        return validation_result(cls.mask, steps, preset, policy, compute_bins, cache_bins)
 
     @staticmethod
     def mask(steps, preset, policy, compute_bins, cache_bins) -> ScmSettings:

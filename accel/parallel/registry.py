@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import threading
-
 from pathlib import Path
 
 from ..config import EngineOptions, ModelSpec
