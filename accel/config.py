@@ -73,6 +73,8 @@ class EngineOptions:
     # default here (cache-dit's key, off by default there, where Wan has no async Ulysses).
     ulysses_async: bool = True
     ulysses_float8: bool = False  # cache-dit: FP8 all-to-all payloads
+    # CUDA: the all-to-alls by copy engines over NVLink (accel/copy_engine.py), not NCCL kernels.
+    ulysses_copy_engine: bool = True
 
     def __post_init__(self) -> None:
         if self.attention_backend not in ATTENTION_BACKENDS:

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .attention import WanSelfAttnProcessor, rotary
+from .attention import WanSelfAttnProcessor, rotary, rotary_head_major
 
 
 def modulated_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:
@@ -41,10 +41,11 @@ class BlockOps:
     affine_norm: Callable[..., torch.Tensor]
     gated_residual: Callable[..., torch.Tensor]
     rotary: Callable[..., torch.Tensor]
+    rotary_head_major: Callable[..., torch.Tensor]
 
     @classmethod
     def build(cls, compiled: bool) -> "BlockOps":
-        ops = (modulated_norm, affine_norm, gated_residual, rotary)
+        ops = (modulated_norm, affine_norm, gated_residual, rotary, rotary_head_major)
         return cls(*(torch.compile(op) if compiled else op for op in ops))
 
 
@@ -75,4 +76,4 @@ def fuse_block_ops(model: torch.nn.Module, compiled: bool) -> None:
     forward = _fused_forward(ops)
     for block in model.blocks:
         block.forward = types.MethodType(forward, block)
-        block.attn1.set_processor(WanSelfAttnProcessor(ops.rotary))
+        block.attn1.set_processor(WanSelfAttnProcessor(ops.rotary, ops.rotary_head_major))

@@ -31,7 +31,9 @@ EXPERT_KEYS: dict[str, type | tuple[type, ...]] = {
 CACHE_KEYS = {**EXPERT_KEYS, "steps_computation_mask": (str, list), "steps_computation_policy": str, "experts": dict}
 SCHEMA: dict[str, Any] = {
     "cache_config": CACHE_KEYS,
-    "parallelism_config": {"ulysses_size": int, "ulysses_async": bool, "ulysses_float8": bool},
+    # ulysses_copy_engine is the pack's own key (accel/copy_engine.py); the others are cache-dit's.
+    "parallelism_config": {"ulysses_size": int, "ulysses_async": bool, "ulysses_float8": bool,
+                           "ulysses_copy_engine": bool},
     "attention_backend": str,
     "quantize_config": {"quant_type": str, "exclude_layers": list},
     "compile": bool,
@@ -136,6 +138,7 @@ def load_preset(name_or_path: str) -> Preset:
     engine = EngineOptions(
         quantize=quantize, compile=data.get("compile", False), attention_backend=backend,
         ulysses_async=parallel.get("ulysses_async", True), ulysses_float8=parallel.get("ulysses_float8", False),
+        ulysses_copy_engine=parallel.get("ulysses_copy_engine", True),
     )
 
     cache_section = data.get("cache_config")
@@ -200,8 +203,9 @@ def preset_to_dict(preset: Preset) -> dict[str, Any]:
         data["quantize_config"] = {"quant_type": preset.engine.quantize.quant_type,
                                    "exclude_layers": list(preset.engine.quantize.exclude_layers)}
     parallel = {k: v for k, v in (("ulysses_size", preset.ulysses), ("ulysses_float8", preset.engine.ulysses_float8)) if v}
-    if not preset.engine.ulysses_async:
-        parallel["ulysses_async"] = False
+    for key in ("ulysses_async", "ulysses_copy_engine"):  # on by default
+        if not getattr(preset.engine, key):
+            parallel[key] = False
     if parallel:
         data["parallelism_config"] = parallel
     if preset.engine.compile:

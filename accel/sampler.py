@@ -135,6 +135,33 @@ class Stopwatch:
         return start.elapsed_time(end)
 
 
+class StepLog:
+    """Each step's records, finished one step late. Reading a step's GPU times waits for its work;
+    done once the next step's work is queued, the wait never leaves the GPU idle while the CPU
+    gathers records and reports progress."""
+
+    def __init__(self, stopwatch: Stopwatch, topology: Topology, trace: Trace,
+                 on_step: Callable[[int, list[StepRecord]], None] | None):
+        self.stopwatch, self.topology, self.trace, self.on_step = stopwatch, topology, trace, on_step
+        self.pending: tuple[int, list[StepRecord], list] | None = None
+
+    def add(self, step: int, records: list[StepRecord], marks: list) -> None:
+        self.flush()
+        self.pending = (step, records, marks)
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        step, records, marks = self.pending
+        self.pending = None
+        for record, (start, end) in zip(records, marks):
+            record.wall_ms = self.stopwatch.ms(start, end)
+        step_records = self.topology.gather_records(records)
+        self.trace.add(step_records)
+        if self.on_step is not None:
+            self.on_step(step, step_records)
+
+
 def run_job(
     runtime: Runtime,
     job: Job,
@@ -177,12 +204,14 @@ def run_job(
     local_step = {expert: 0 for expert in EXPERTS}
     compile_wall_s = 0.0  # wall time of the forwards that compiled (graph capture and kernel builds)
     stopwatch = Stopwatch(device)
+    step_log = StepLog(stopwatch, topology, trace, on_step)
     started = time.perf_counter()
     similarity = (patched_similarity(runtime.caches.manager, topology.sp_group) if runtime.patch_similarity
                   else contextlib.nullcontext())
     with torch.no_grad(), similarity:
         for step, t in enumerate(timesteps):
             if should_cancel is not None and should_cancel():
+                step_log.flush()  # every finished step is reported
                 raise JobCancelled(f"cancelled before step {step} of {sampler.steps}")
             expert = experts_of_step[step]
             guidance = sampler.guidance(expert)
@@ -215,12 +244,8 @@ def run_job(
                 pred = uncond + guidance * (pred - uncond)
             latents = scheduler.step(pred, t, latents, return_dict=False)[0]
             local_step[expert] += 1
-            for record, (start, end) in zip(records, marks):  # the step's work is queued: one wait
-                record.wall_ms = stopwatch.ms(start, end)
-            step_records = topology.gather_records(records)
-            trace.add(step_records)
-            if on_step is not None:
-                on_step(step, step_records)
+            step_log.add(step, records, marks)
+        step_log.flush()
     _sync(device)
     trace.info["denoise_s"] = time.perf_counter() - started
     trace.info["compile_s"] = compile_wall_s

@@ -137,7 +137,8 @@ class Bench:
         self.peers(short, full)
 
     def part_scaling(self) -> None:
-        """Per-step time of 1 GPU, Ulysses 2 and CFG parallel 2, bf16 eager, no cache."""
+        """Per-step time of 1 GPU, Ulysses 2 (all-to-alls by copy engines, then by NCCL) and CFG
+        parallel 2, bf16 eager, no cache."""
         short = self.args.short_steps
         self.group_runs("1 GPU eager", self.layout(), EngineOptions(),
                         [("1 GPU bf16 eager, no cache (short)", short, "none")])
@@ -146,6 +147,8 @@ class Bench:
             return
         self.group_runs("Ulysses 2", self.layout(ulysses=2), EngineOptions(),
                         [("Ulysses 2 bf16 eager, no cache (short)", short, "none")])
+        self.group_runs("Ulysses 2, NCCL all-to-all", self.layout(ulysses=2), EngineOptions(ulysses_copy_engine=False),
+                        [("Ulysses 2 bf16 eager, NCCL all-to-all, no cache (short)", short, "none")])
         self.group_runs("CFG parallel 2", self.layout(cfg=2), EngineOptions(),
                         [("CFG 2 bf16 eager, no cache (short)", short, "none")])
 

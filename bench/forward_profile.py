@@ -6,8 +6,11 @@ One GPU: diffusers' WanTransformer3DModel forward as shipped vs with the pack's 
 and self-attention processor (accel/fused_block.py, accel/attention.py), at 14,040 and 32,760
 tokens, each with a torch.profiler breakdown by kernel kind; plus diffusers' rotary embedding
 timed alone. Two GPUs: the same forwards under Ulysses 2 (NCCL): diffusers' with cache-dit's Wan
-processor, the pack's with its all-to-alls overlapped, in sequence, and with FP8 payloads. Random
-weights, bf16, one expert, batch 1, no cache. Writes bench/results/<date>-<gpu>-forward.{json,md}.
+processor, the pack's with its head-major all-to-alls overlapped, with cache-dit's all-to-alls
+overlapped, in sequence, with FP8 payloads, and (``--high-priority``) with NCCL on a
+high-priority stream; for the pack's, a GPU timeline of rank 0 (NCCL time with no compute beside
+it, idle time). Random weights, bf16, one expert, batch 1, no cache. Writes
+bench/results/<date>-<gpu>-forward{,-ulysses,-1gpu}.{json,md}.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import datetime
 import json
 import os
 import statistics
+from dataclasses import dataclass
 import sys
 import time
 from pathlib import Path
@@ -81,14 +85,14 @@ def kernel_breakdown(fn) -> dict[str, float]:
     return {k: round(v, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
-def single_gpu(repeats: int) -> dict:
+def single_gpu(repeats: int, shapes: list[int]) -> dict:
     device = torch.device("cuda:0")
     experts = load_experts(ModelSpec(source="a14b-random", dtype="bf16"), device)
     stock, fused = experts.high, experts.low  # same architecture, the timing does not depend on the weights
     fuse_block_ops(fused, compiled=True)
     result: dict = {}
     with torch.no_grad():
-        for tokens in SHAPES:
+        for tokens in shapes:
             x = inputs(tokens, device)
             row = {"diffusers_s": timed(lambda: stock(**x), repeats), "fused_s": timed(lambda: fused(**x), repeats)}
             row["profile_diffusers_ms"] = kernel_breakdown(lambda: stock(**x))
@@ -102,7 +106,79 @@ def single_gpu(repeats: int) -> dict:
     return result
 
 
-def ulysses_rank(rank: int, world: int, port: int, repeats: int, queue) -> None:
+def _merge(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for begin, end in sorted(spans):
+        if merged and begin <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((begin, end))
+    return merged
+
+
+def _overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    total, i, j = 0.0, 0, 0
+    while i < len(a) and j < len(b):
+        total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def timeline(fn) -> dict[str, float]:
+    """One call of fn on this GPU's clock (ms): span, kernel (compute) busy time, and for NCCL
+    kernels and copy-engine copies their busy time and the part with no compute kernel beside it
+    (exposed; an NCCL kernel's includes its wait for the peer); idle: nothing running."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    spans: dict[str, list] = {"nccl": [], "memcpy": [], "compute": []}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            name = event.name.lower()
+            kind = "nccl" if "nccl" in name else "memcpy" if name.startswith("memcpy") else "compute"
+            spans[kind].append((event.time_range.start, event.time_range.end))
+    merged = {kind: _merge(found) for kind, found in spans.items()}
+    busy = _merge([span for found in spans.values() for span in found])
+    length = lambda intervals: sum(e - b for b, e in intervals)  # noqa: E731
+    span = busy[-1][1] - busy[0][0]
+    result = {"span": span, "compute": length(merged["compute"]), "idle": span - length(busy)}
+    for kind in ("nccl", "memcpy"):
+        result[kind] = length(merged[kind])
+        result[f"{kind}_exposed"] = result[kind] - _overlap(merged[kind], merged["compute"])
+    return {k: round(v / 1000, 1) for k, v in result.items()}
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    pack: bool  # the pack's processor (else diffusers' forward with cache-dit's Wan processor)
+    overlap: bool = True  # ulysses_async
+    fp8: bool = False  # ulysses_float8 (cache-dit's all-to-all kernels)
+    all_to_all: str = "head-major"  # the pack's: head-major (NCCL), cache-dit (NCCL), copy-engine
+
+
+ULYSSES_VARIANTS = (Variant("diffusers", False, overlap=False), Variant("pack", True),
+                    Variant("pack_copy_engine", True, all_to_all="copy-engine"),
+                    Variant("pack_cache_dit_all_to_all", True, all_to_all="cache-dit"),
+                    Variant("pack_all_to_all_in_sequence", True, overlap=False),
+                    Variant("pack_fp8comm", True, fp8=True, all_to_all="cache-dit"))
+
+
+def set_all_to_all(module: torch.nn.Module, all_to_all: str, copy_engine) -> None:
+    for block in module.blocks:
+        processor = block.attn1.processor
+        processor.__dict__.pop("_exchanges", None)
+        if all_to_all == "cache-dit":
+            processor._exchanges = processor._cache_dit_exchanges
+        processor.copy_engine = copy_engine if all_to_all == "copy-engine" else None
+
+
+def ulysses_rank(rank: int, world: int, port: int, repeats: int, shapes: list[int], labels: list[str], queue) -> None:
     from accel.parallel.layout import ParallelLayout
     from accel.parallel.mesh import build_mesh, enable_ulysses
 
@@ -111,25 +187,34 @@ def ulysses_rank(rank: int, world: int, port: int, repeats: int, queue) -> None:
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             device_id=device)
     mesh = build_mesh(ParallelLayout(ulysses=world, devices=tuple(range(world))), "cuda")
+    from accel.copy_engine import CopyEngineExchange
+
+    variants = [v for v in ULYSSES_VARIANTS if v.label in labels]
     experts = load_experts(ModelSpec(source="a14b-random", dtype="bf16"), device)
     stock, fused = experts.high, experts.low
     fuse_block_ops(fused, compiled=True)
-    configs = {name: enable_ulysses(module, mesh, world) for name, module in (("diffusers", stock), ("fused", fused))}
-    # (label, module, ulysses_async, ulysses_float8); cache-dit's Wan processor has no async path.
-    variants = (("diffusers", stock, False, False), ("pack", fused, True, False),
-                ("pack_all_to_all_in_sequence", fused, False, False), ("pack_fp8comm", fused, True, True))
+    configs = {True: enable_ulysses(fused, mesh, world), False: enable_ulysses(stock, mesh, world)}
+    copy_engine = CopyEngineExchange(mesh.group("ulysses"), device, datetime.timedelta(minutes=5))
     result: dict = {}
     with torch.no_grad():
-        for tokens in SHAPES:
+        for tokens in shapes:
             x = inputs(tokens, device)
             row: dict = {}
-            for label, module, overlap, fp8 in variants:
-                config = configs["diffusers" if module is stock else "fused"]
-                config.ulysses_async, config.ulysses_float8 = overlap, fp8
+            reference = None
+            for variant in variants:
+                label, module = variant.label, fused if variant.pack else stock
+                configs[variant.pack].ulysses_async, configs[variant.pack].ulysses_float8 = variant.overlap, variant.fp8
+                if variant.pack:
+                    set_all_to_all(module, variant.all_to_all, copy_engine)
                 dist.barrier()
+                out = module(**x)[0]
+                if variant.pack and not variant.fp8:  # the same values whatever moves them
+                    reference = out if reference is None else reference
+                    row[f"{label}_max_abs_diff_vs_first"] = (out - reference).abs().max().item()
                 row[f"{label}_s"] = timed(lambda: module(**x), repeats)
-                if module is fused:
+                if variant.pack:
                     row[f"profile_{label}_ms"] = kernel_breakdown(lambda: module(**x))
+                    row[f"timeline_{label}_ms"] = timeline(lambda: module(**x))
             row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
             result[tokens] = row
             if rank == 0:
@@ -140,49 +225,77 @@ def ulysses_rank(rank: int, world: int, port: int, repeats: int, queue) -> None:
     dist.destroy_process_group()
 
 
-def ulysses(world: int, repeats: int) -> dict:
+def ulysses(world: int, repeats: int, shapes: list[int], labels: list[str], high_priority: bool = False) -> dict:
+    """``high_priority``: NCCL on a high-priority CUDA stream (TORCH_NCCL_HIGH_PRIORITY=1), read by
+    the ranks when their process group starts."""
     import torch.multiprocessing as mp
 
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
-    port = 29500 + os.getpid() % 1000
-    mp.start_processes(ulysses_rank, args=(world, port, repeats, queue), nprocs=world, start_method="spawn")
+    port = 29500 + (os.getpid() + 7 * high_priority) % 1000
+    os.environ["TORCH_NCCL_HIGH_PRIORITY"] = "1" if high_priority else "0"
+    mp.start_processes(ulysses_rank, args=(world, port, repeats, shapes, labels, queue), nprocs=world,
+                       start_method="spawn")
     return queue.get()
 
 
-def table(single: dict, parallel: dict | None) -> str:
+def table(single: dict | None, parallel: dict | None) -> str:
     rows = []
-    for tokens, row in single.items():
-        rows.append([tokens, "1 GPU", "diffusers forward", row["diffusers_s"], 1.0])
-        rows.append([tokens, "1 GPU", "pack (fused block ops + rotary)", row["fused_s"], row["diffusers_s"] / row["fused_s"]])
-        if parallel:
-            for key, label in (("diffusers_s", "diffusers forward (cache-dit's Ulysses)"),
-                               ("pack_s", "pack, all-to-alls overlapped"),
-                               ("pack_all_to_all_in_sequence_s", "pack, all-to-alls in sequence"),
-                               ("pack_fp8comm_s", "pack, overlapped + FP8 all-to-all")):
-                base = row["diffusers_s"] if key == "diffusers_s" else row["fused_s"]
-                rows.append([tokens, "Ulysses 2", label, parallel[tokens][key], base / parallel[tokens][key]])
+    labels = {"diffusers_s": "diffusers forward (cache-dit's Ulysses)",
+              "pack_s": "pack, head-major all-to-alls overlapped",
+              "pack_copy_engine_s": "pack, head-major all-to-alls by copy engines",
+              "pack_cache_dit_all_to_all_s": "pack, cache-dit's all-to-alls overlapped",
+              "pack_all_to_all_in_sequence_s": "pack, all-to-alls in sequence",
+              "pack_fp8comm_s": "pack, overlapped + FP8 all-to-all (cache-dit's)",
+              "pack_high_priority_s": "pack, head-major overlapped, NCCL high-priority stream"}
+    for tokens in (single or parallel):
+        row = (single or {}).get(tokens, {})
+        if row:
+            rows.append([tokens, "1 GPU", "diffusers forward", row["diffusers_s"], 1.0])
+            rows.append([tokens, "1 GPU", "pack (fused block ops + rotary)", row["fused_s"],
+                         row["diffusers_s"] / row["fused_s"]])
+        for key, label in labels.items():
+            if parallel and key in parallel.get(tokens, {}):
+                base = row.get("diffusers_s" if key == "diffusers_s" else "fused_s")
+                seconds = parallel[tokens][key]
+                rows.append([tokens, "Ulysses 2", label, seconds, base / seconds if base else None])
     return markdown_table(["tokens", "GPUs", "forward", "s", "speedup (vs 1 GPU same forward)"], rows)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tokens", type=int, nargs="+", choices=sorted(SHAPES), default=sorted(SHAPES))
+    parser.add_argument("--ulysses-only", action="store_true", help="skip the 1-GPU forwards")
+    parser.add_argument("--variants", nargs="+", choices=[v.label for v in ULYSSES_VARIANTS],
+                        default=[v.label for v in ULYSSES_VARIANTS])
+    parser.add_argument("--high-priority", action="store_true",
+                        help="also time the pack's forward with NCCL on a high-priority stream")
     args = parser.parse_args()
-    single = single_gpu(args.repeats)
+    single = None if args.ulysses_only else single_gpu(args.repeats, args.tokens)
     torch.cuda.empty_cache()
-    parallel = ulysses(2, args.repeats) if torch.cuda.device_count() >= 2 else None
+    parallel = ulysses(2, args.repeats, args.tokens, args.variants) if torch.cuda.device_count() >= 2 else None
+    if parallel and args.high_priority:
+        high = ulysses(2, args.repeats, args.tokens, ["pack"], high_priority=True)
+        for tokens, row in high.items():
+            parallel[tokens].update({k.replace("pack", "pack_high_priority"): v for k, v in row.items() if "pack" in k})
     header = (f"# One A14B expert forward, {datetime.date.today()}, {device_name()}\n\n"
               f"Random weights, bf16, batch 1, no cache, median of {args.repeats}. Versions: {versions()}\n\n")
     text = header + table(single, parallel)
-    for tokens, row in single.items():
+    for tokens, row in (single or {}).items():
         text += (f"\n\n{tokens} tokens, GPU time per kernel kind (ms), 1 GPU: diffusers {row['profile_diffusers_ms']}; "
                  f"fused {row['profile_fused_ms']}; diffusers' rotary embedding alone: "
                  f"{row['rope_ms_per_forward']:.1f} ms per forward")
-        if parallel:
-            text += f"; Ulysses 2 rank 0, pack: {parallel[tokens]['profile_pack_ms']}"
+    for tokens, row in (parallel or {}).items():
+        text += f"\n\n{tokens} tokens, Ulysses 2, rank 0:"
+        for key, value in row.items():
+            if key.startswith(("profile_", "timeline_")):
+                text += f"\n- {key.removesuffix('_ms')} (ms): {value}"
+            elif key.endswith("_max_abs_diff_vs_first"):
+                text += f"\n- {key}: {value}"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{datetime.date.today()}-{torch.cuda.get_device_name(0).replace(' ', '-')}-forward"
+    suffix = "-forward" if single and parallel else "-forward-ulysses" if parallel else "-forward-1gpu"
+    path = RESULTS / f"{datetime.date.today()}-{torch.cuda.get_device_name(0).replace(' ', '-')}{suffix}"
     payload = {"device": device_name(), "versions": versions(), "single_gpu": single, "ulysses2": parallel}
     path.with_suffix(".json").write_text(json.dumps(payload, indent=1))
     path.with_suffix(".md").write_text(text + "\n")

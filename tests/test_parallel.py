@@ -75,6 +75,18 @@ def test_parallel_run_decides_and_samples_as_one_process(runtime, layout, engine
             assert any(r.decision == "cache" for r in parallel.trace.records)
 
 
+def test_ulysses_samples_a_batch_of_two_latents_as_one_process(runtime):
+    """Batch 2 is the case where the received shards are not already in sequence order."""
+    job = tiny_job(cached(steps=8))
+    job.latent = torch.randn(2, *job.latent.shape[1:], generator=torch.Generator().manual_seed(0))
+    single = run_job(runtime, job)
+    with WorkerGroup(TINY, ParallelLayout(ulysses=2)) as group:
+        parallel = group.run(job)
+    assert parallel.latent.shape[0] == 2 and not torch.equal(parallel.latent[0], parallel.latent[1])
+    assert torch.allclose(parallel.latent, single.latent, rtol=1e-5, atol=1e-6)
+    assert decisions(parallel.trace) == decisions(single.trace)
+
+
 def test_world_group_similarity_diverges_from_one_process_and_the_patch_does_not(runtime):
     """cfg 2 x ulysses 1: unpatched cache-dit averages the cond and uncond ranks' diffs."""
     probe = cached(steps=12, preset=None, residual_diff_threshold=1e-9, max_warmup_steps=4, max_cached_steps=-1)

@@ -56,6 +56,16 @@ def test_presets_round_trip(name, tmp_path):
         (preset.cache, preset.scm_mask, preset.scm_policy, preset.engine)
 
 
+def test_ulysses_transport_switches_load_and_round_trip(tmp_path):
+    path = tmp_path / "nccl.yaml"
+    path.write_text("parallelism_config:\n  ulysses_size: 2\n  ulysses_async: false\n  ulysses_copy_engine: false\n")
+    preset = load_preset(str(path))
+    assert (preset.engine.ulysses_async, preset.engine.ulysses_copy_engine, preset.ulysses) == (False, False, 2)
+    path.write_text(yaml.safe_dump(preset_to_dict(preset)))
+    assert load_preset(str(path)).engine == preset.engine
+    assert load_preset("sglang-fast").engine.ulysses_copy_engine
+
+
 @pytest.mark.parametrize("text, message", [
     ("cache_config:\n  Fn_compute_blocks: 1\n  residual_diff_treshold: 0.2\n",
      r"line 3: unknown key 'cache_config.residual_diff_treshold'"),

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import EngineOptions, JobSettings, ModelSpec
+from ..copy_engine import attach_copy_engine
 from ..errors import JobCancelled, UserInputError
 from ..logs import setup_logging
 from ..sampler import Job, Runtime, run_job
@@ -89,6 +90,9 @@ class Worker:
                 for module in (experts.high, experts.low):
                     self.cp_configs.append(enable_ulysses(module, mesh, self.layout.ulysses,
                                                           engine.ulysses_async, engine.ulysses_float8))
+                if engine.ulysses_copy_engine and self.device.type == "cuda":
+                    attach_copy_engine((experts.high, experts.low), mesh.group("ulysses"), self.device,
+                                       timedelta(seconds=config.collective_timeout_s))
 
         self.runtime = Runtime.load(self.spec, self.device, engine, parallelize)
         self.runtime.topology = GroupTopology(self.layout, mesh, self.control)

@@ -1,0 +1,63 @@
+"""Ulysses all-to-alls of Wan's self-attention in the layout that needs the fewest copies.
+
+cache-dit's even-heads all-to-all (``_all_to_all_single_qkv_async`` / ``_o_async``) copies every
+tensor into a send layout before the collective and q, k, v and o again after it: five copies of
+a [tokens, 5120] activation per block, 21 ms of a 482 ms Ulysses 2 forward at 14,040 tokens on an
+H200 (bench/results/*-forward.md). Here a shard is sent head group first, ``[P, B, S, H/P, D]``:
+q and k arrive in that layout from the fused rotary kernel (``rotary_head_major``), what is
+received is already ``[B, S*P, H/P, D]`` for batch 1, and the attention output is sent as a view.
+What remains is one copy of v before and one of the output after. Same collectives, same values;
+uneven shards and FP8 payloads keep cache-dit's communicator.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as fc
+
+
+def head_major(x: torch.Tensor, world: int) -> torch.Tensor:
+    """[B, S, H, D] -> contiguous [P, B, S, H/P, D]: head group p goes to rank p."""
+    batch, seq, heads, dim = x.shape
+    return x.view(batch, seq, world, heads // world, dim).permute(2, 0, 1, 3, 4).contiguous()
+
+
+class Received:
+    """An all-to-all in flight; ``wait`` makes the current stream wait for it, not the CPU."""
+
+    def __init__(self, tensor: torch.Tensor, shape: tuple[int, ...], finish):
+        self.tensor, self.shape, self.finish = tensor, shape, finish
+
+    def wait(self) -> torch.Tensor:
+        return self.finish(fc.wait_tensor(self.tensor).view(self.shape))
+
+
+def _exchange(x: torch.Tensor, group: dist.ProcessGroup, finish, copy_engine, kind: str) -> Received:
+    """NCCL's all-to-all, or (``copy_engine``, accel/copy_engine.py) copies beside the computation."""
+    if copy_engine is not None:
+        return copy_engine.send(kind, x, finish)
+    return Received(fc.all_to_all_single(x.flatten(), None, None, group), tuple(x.shape), finish)
+
+
+def sequence_to_heads(x: torch.Tensor, group: dist.ProcessGroup, kind: str, copy_engine=None) -> Received:
+    """Head-major shard [P, B, S, H/P, D] -> [B, S*P, H/P, D]: all tokens, this rank's heads.
+    ``kind`` (q, k or v) names the copy engine's receive buffer."""
+
+    def finish(received: torch.Tensor) -> torch.Tensor:  # [P (sequence chunk), B, S, H/P, D]
+        world, batch, seq, heads, dim = received.shape
+        return received.transpose(0, 1).reshape(batch, world * seq, heads, dim)  # a view for batch 1
+
+    return _exchange(x, group, finish, copy_engine, kind)
+
+
+def heads_to_sequence(out: torch.Tensor, group: dist.ProcessGroup, copy_engine=None) -> Received:
+    """Attention output [B, S*P, H/P, D] -> [B, S, H, D]: this rank's tokens, all heads."""
+    world = dist.get_world_size(group)
+    batch, seq, heads, dim = out.shape
+    send = out.reshape(batch, world, seq // world, heads, dim).transpose(0, 1).contiguous()  # a view for batch 1
+
+    def finish(received: torch.Tensor) -> torch.Tensor:  # [P (head group), B, S, H/P, D]
+        return received.permute(1, 2, 0, 3, 4).reshape(batch, seq // world, world * heads, dim)
+
+    return _exchange(send, group, finish, copy_engine, "o")
