@@ -53,17 +53,21 @@ def inputs(tokens: int, device: torch.device) -> dict:
                 encoder_hidden_states=text.bfloat16(), return_dict=False)
 
 
-def timed(fn, repeats: int, warmup: int = 2) -> float:
-    """Median seconds of fn() (CUDA-synchronised)."""
+def timed(fn, repeats: int, warmup: int = 2, launches: list | None = None) -> float:
+    """Median seconds of fn() (CUDA-synchronised). ``launches`` receives the median CPU time of
+    the call itself (issuing the work): near the total, the forward is bound by the CPU."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
+    times, issued = [], []
     for _ in range(repeats):
         began = time.perf_counter()
         fn()
+        issued.append(time.perf_counter() - began)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - began)
+    if launches is not None:
+        launches.append(statistics.median(issued))
     return statistics.median(times)
 
 
@@ -211,7 +215,9 @@ def ulysses_rank(rank: int, world: int, port: int, repeats: int, shapes: list[in
                 if variant.pack and not variant.fp8:  # the same values whatever moves them
                     reference = out if reference is None else reference
                     row[f"{label}_max_abs_diff_vs_first"] = (out - reference).abs().max().item()
-                row[f"{label}_s"] = timed(lambda: module(**x), repeats)
+                issued: list[float] = []
+                row[f"{label}_s"] = timed(lambda: module(**x), repeats, launches=issued)
+                row[f"{label}_cpu_issue_s"] = issued[0]
                 if variant.pack:
                     row[f"profile_{label}_ms"] = kernel_breakdown(lambda: module(**x))
                     row[f"timeline_{label}_ms"] = timeline(lambda: module(**x))
@@ -291,7 +297,7 @@ def main() -> int:
         for key, value in row.items():
             if key.startswith(("profile_", "timeline_")):
                 text += f"\n- {key.removesuffix('_ms')} (ms): {value}"
-            elif key.endswith("_max_abs_diff_vs_first"):
+            elif key.endswith(("_max_abs_diff_vs_first", "_cpu_issue_s")):
                 text += f"\n- {key}: {value}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "-forward" if single and parallel else "-forward-ulysses" if parallel else "-forward-1gpu"
