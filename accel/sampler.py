@@ -19,7 +19,7 @@ from .errors import JobCancelled
 from .fused_block import fuse_block_ops
 from .latent import process_in, process_out
 from .model import DualExperts, load_experts, model_config_for
-from .schedule import expert_of_steps, make_scheduler
+from .schedule import expert_of_steps, make_scheduler, place_on
 from .scm import expert_masks
 from .similarity import patched_similarity
 from .trace import StepRecord, Trace
@@ -137,8 +137,8 @@ class Stopwatch:
 
 class StepLog:
     """Each step's records, finished one step late. Reading a step's GPU times waits for its work;
-    done once the next step's work is queued, the wait never leaves the GPU idle while the CPU
-    gathers records and reports progress."""
+    done once the next step's forwards are queued, neither that wait nor gathering the records
+    across ranks and reporting progress leaves the GPU idle."""
 
     def __init__(self, stopwatch: Stopwatch, topology: Topology, trace: Trace,
                  on_step: Callable[[int, list[StepRecord]], None] | None):
@@ -198,6 +198,7 @@ def run_job(
     noise = torch.randn(job.latent.shape, generator=generator, dtype=torch.float32)
     sigma0 = float(scheduler.sigmas[0])
     latents = (sigma0 * noise + (1.0 - sigma0) * process_in(job.latent.float())).to(device)
+    place_on(scheduler, device)
 
     trace = Trace(steps=sampler.steps, info={"settings": settings.to_dict(),
                                              "model": dataclasses.asdict(runtime.experts.spec)})
@@ -218,7 +219,7 @@ def run_job(
             branches = ["cond", "uncond"] if guidance > 1.0 else ["cond"]
             module = runtime.experts.expert(expert)
             model_in = latents.to(dtype)
-            timestep = t.expand(batch).to(device)
+            timestep = scheduler.timesteps[step].expand(batch)
             scm_bit = masks[expert][local_step[expert]] if masks else None
             preds: dict[str, torch.Tensor] = {}
             records: list[StepRecord] = []
@@ -237,14 +238,14 @@ def run_job(
                     residual_diff=decision.residual_diff, threshold=decision.threshold,
                     taylorseer=decision.taylorseer, wall_ms=0.0, timestep=float(t), local_step=decision.local_step,
                 ))
+            step_log.add(step, records, marks)  # the previous step's records, while these forwards run
             preds = topology.exchange(preds, branches)
             pred = preds["cond"].float()
             if guidance > 1.0:
                 uncond = preds["uncond"].float()
                 pred = uncond + guidance * (pred - uncond)
-            latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+            latents = scheduler.step(pred, scheduler.timesteps[step], latents, return_dict=False)[0]
             local_step[expert] += 1
-            step_log.add(step, records, marks)
         step_log.flush()
     _sync(device)
     trace.info["denoise_s"] = time.perf_counter() - started
