@@ -28,8 +28,10 @@ def make_scheduler(settings: SamplerSettings):
 
 def place_on(scheduler, device: torch.device) -> None:
     """Timesteps and sigmas on the sampling device. diffusers keeps the sigmas on the CPU and
-    copies each one it uses to the GPU; such a copy waits for all queued GPU work, so a UniPC step
-    drained the GPU about six times while the CPU went on issuing (the same values either way)."""
+    copies each one it uses to the GPU, and each such copy waits for all queued GPU work (about six
+    per UniPC step); here they are read where they already are (the same values). On 2x H200 the
+    step time did not measurably change (bench/results/*-findings.md): the copies came after the
+    step's forwards had finished anyway."""
     scheduler.timesteps = scheduler.timesteps.to(device)
     scheduler.sigmas = scheduler.sigmas.to(device)
 

@@ -1,0 +1,67 @@
+"""The copy-engine all-to-all is chosen by all ranks together (CPU, 2 gloo ranks).
+
+Its transfers need CUDA peer memory (checked on GPUs by bench/parallel_check.py and
+bench/forward_profile.py); what must hold everywhere is the decision: one rank on copies and one
+on NCCL would wait for each other forever, so a rank that cannot map peer memory sends every
+rank to NCCL.
+"""
+
+from __future__ import annotations
+
+import socket
+import types
+from datetime import timedelta
+
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+class FakeExchange:
+    """Stands in for a rank whose peer memory maps (no CUDA here)."""
+
+    def __init__(self, group, device, timeout):
+        self.group = group
+
+    def _buffer(self, kind, numel, dtype):
+        return None
+
+
+def _blocks():
+    from accel.attention import WanSelfAttnProcessor, rotary, rotary_head_major
+
+    block = types.SimpleNamespace(attn1=types.SimpleNamespace(processor=WanSelfAttnProcessor(rotary, rotary_head_major)))
+    return types.SimpleNamespace(blocks=[block, block])
+
+
+def _rank(rank: int, port: int, mappable: list[bool], queue) -> None:
+    import torch
+
+    import accel.copy_engine as copy_engine
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    if mappable[rank]:
+        copy_engine.CopyEngineExchange = FakeExchange
+    module = _blocks()
+    exchange = copy_engine.attach_copy_engine([module], dist.group.WORLD, torch.device("cpu"), timedelta(seconds=30))
+    queue.put((rank, exchange is not None, module.blocks[0].attn1.processor.copy_engine is not None))
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("mappable, expected", [
+    ([False, True], False),  # one rank cannot map: both use NCCL
+    ([True, True], True),
+    ([False, False], False),
+], ids=["one-rank-fails", "both-map", "neither-maps"])
+def test_ranks_choose_the_transport_together(mappable, expected):
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    mp.start_processes(_rank, args=(_free_port(), mappable, queue), nprocs=2, start_method="spawn")
+    results = sorted(queue.get() for _ in range(2))
+    assert results == [(0, expected, expected), (1, expected, expected)]
