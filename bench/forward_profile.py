@@ -34,6 +34,7 @@ from accel.attention import rotary  # noqa: E402  (diffusers' apply_rotary_emb, 
 from accel.config import ModelSpec  # noqa: E402
 from accel.fused_block import fuse_block_ops  # noqa: E402
 from accel.model import load_experts  # noqa: E402
+from accel.profiling import device_kernels, timeline_of  # noqa: E402
 from bench.common import RESULTS, device_name, markdown_table, versions  # noqa: E402
 
 SHAPES = {14040: (33, 480, 832), 32760: (81, 480, 832)}
@@ -110,51 +111,14 @@ def single_gpu(repeats: int, shapes: list[int]) -> dict:
     return result
 
 
-def _merge(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    merged: list[tuple[float, float]] = []
-    for begin, end in sorted(spans):
-        if merged and begin <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((begin, end))
-    return merged
-
-
-def _overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
-    total, i, j = 0.0, 0, 0
-    while i < len(a) and j < len(b):
-        total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return total
-
-
-def timeline(fn) -> dict[str, float]:
-    """One call of fn on this GPU's clock (ms): span, kernel (compute) busy time, and for NCCL
-    kernels and copy-engine copies their busy time and the part with no compute kernel beside it
-    (exposed; an NCCL kernel's includes its wait for the peer); idle: nothing running."""
+def timeline(fn) -> dict:
+    """The GPU timeline of one call of fn on this rank (accel/profiling.py)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    spans: dict[str, list] = {"nccl": [], "memcpy": [], "compute": []}
-    for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            name = event.name.lower()
-            kind = "nccl" if "nccl" in name else "memcpy" if name.startswith("memcpy") else "compute"
-            spans[kind].append((event.time_range.start, event.time_range.end))
-    merged = {kind: _merge(found) for kind, found in spans.items()}
-    busy = _merge([span for found in spans.values() for span in found])
-    length = lambda intervals: sum(e - b for b, e in intervals)  # noqa: E731
-    span = busy[-1][1] - busy[0][0]
-    result = {"span": span, "compute": length(merged["compute"]), "idle": span - length(busy)}
-    for kind in ("nccl", "memcpy"):
-        result[kind] = length(merged[kind])
-        result[f"{kind}_exposed"] = result[kind] - _overlap(merged[kind], merged["compute"])
-    return {k: round(v / 1000, 1) for k, v in result.items()}
+    return timeline_of(device_kernels(prof.events()), top_gaps=3).to_dict()
 
 
 @dataclass(frozen=True)

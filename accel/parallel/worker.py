@@ -15,6 +15,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,7 @@ from ..config import EngineOptions, JobSettings, ModelSpec
 from ..copy_engine import attach_copy_engine
 from ..errors import JobCancelled, UserInputError
 from ..logs import setup_logging
+from ..profiling import profiled
 from ..sampler import Job, Runtime, run_job
 from .channel import Message, connect, receive, send
 from .layout import ParallelLayout
@@ -147,12 +149,14 @@ class Worker:
         )
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        profile_dir = os.environ.get("ACCEL_PROFILE_DIR")  # diagnostic: each job's GPU timeline per rank
         try:
             self._set_uneven(job)
-            result = run_job(
-                self.runtime, job, should_cancel=self._should_cancel,
-                on_step=self._on_step if self.rank == 0 else None,
-            )
+            with profiled(Path(profile_dir) / f"rank{self.rank}-job{self.jobs + 1}.json" if profile_dir else None):
+                result = run_job(
+                    self.runtime, job, should_cancel=self._should_cancel,
+                    on_step=self._on_step if self.rank == 0 else None,
+                )
         except UserInputError as error:
             if self.rank == 0:
                 send(self.conn, Message("error", {"kind": "input", "message": str(error)}))
