@@ -8,7 +8,8 @@ async Ulysses (which overlaps them with the projections) exists for Flux and Qwe
 for Wan. This processor launches each all-to-all as soon as its tensor is ready, with cache-dit's
 own communicator, and attends locally with cache-dit's dispatcher, as its Flux async processor
 does; with even shards and bf16 payloads the all-to-alls are those of accel/all_to_all.py (the
-same collectives with three of cache-dit's five copies per block fused away). Cross-attention,
+same exchange with three of cache-dit's five copies per block fused away), moved by the GPUs'
+copy engines when ``copy_engine`` is set (accel/copy_engine.py), else by NCCL. Cross-attention,
 I2V and fused projections keep the library's processor.
 """
 
