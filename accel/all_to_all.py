@@ -26,18 +26,19 @@ def head_major(x: torch.Tensor, world: int) -> torch.Tensor:
 class Received:
     """An all-to-all in flight; ``wait`` makes the current stream wait for it, not the CPU."""
 
-    def __init__(self, tensor: torch.Tensor, shape: tuple[int, ...], finish):
-        self.tensor, self.shape, self.finish = tensor, shape, finish
+    def __init__(self, tensor: torch.Tensor, finish):
+        self.tensor, self.finish = tensor, finish
 
     def wait(self) -> torch.Tensor:
-        return self.finish(fc.wait_tensor(self.tensor).view(self.shape))
+        return self.finish(fc.wait_tensor(self.tensor))
 
 
 def _exchange(x: torch.Tensor, group: dist.ProcessGroup, finish, copy_engine, kind: str) -> Received:
     """NCCL's all-to-all, or (``copy_engine``, accel/copy_engine.py) copies beside the computation."""
     if copy_engine is not None:
         return copy_engine.send(kind, x, finish)
-    return Received(fc.all_to_all_single(x.flatten(), None, None, group), tuple(x.shape), finish)
+    shape = x.shape
+    return Received(fc.all_to_all_single(x.flatten(), None, None, group), lambda received: finish(received.view(shape)))
 
 
 def sequence_to_heads(x: torch.Tensor, group: dist.ProcessGroup, kind: str, copy_engine=None) -> Received:

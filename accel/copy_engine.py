@@ -70,7 +70,7 @@ class CopyEngineExchange:
 
 class Landed(Received):
     def __init__(self, tensor: torch.Tensor, done: torch.cuda.Event, finish):
-        super().__init__(tensor, tuple(tensor.shape), finish)
+        super().__init__(tensor, finish)
         self.done = done
 
     def wait(self) -> torch.Tensor:

@@ -109,14 +109,15 @@ def expert_forward(module: torch.nn.Module, latents: torch.Tensor, timestep: tor
     return module(hidden_states=latents, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (nothing to wait for on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 class Stopwatch:
     """GPU time of each forward without a sync per forward (which would idle the GPU while the
-    CPU issues the next one): CUDA events, read once per step after its work is queued."""
+    CPU issues the next one): CUDA events, read by StepLog one step late."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -247,7 +248,7 @@ def run_job(
             latents = scheduler.step(pred, scheduler.timesteps[step], latents, return_dict=False)[0]
             local_step[expert] += 1
         step_log.flush()
-    _sync(device)
+    synchronize(device)
     trace.info["denoise_s"] = time.perf_counter() - started
     trace.info["compile_s"] = compile_wall_s
     if device.type == "cuda":

@@ -30,8 +30,9 @@ def place_on(scheduler, device: torch.device) -> None:
     """Timesteps and sigmas on the sampling device. diffusers keeps the sigmas on the CPU and
     copies each one it uses to the GPU, and each such copy waits for all queued GPU work (about six
     per UniPC step); here they are read where they already are (the same values). On 2x H200 the
-    step time did not measurably change (bench/results/*-findings.md): the copies came after the
-    step's forwards had finished anyway."""
+    step time did not measurably change (bench/results/*-findings.md): UniPC's corrector still
+    waits for the GPU once per step (torch.linalg.solve), after the step's forwards. These copies
+    would be the next waits once that one is gone."""
     scheduler.timesteps = scheduler.timesteps.to(device)
     scheduler.sigmas = scheduler.sigmas.to(device)
 

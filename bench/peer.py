@@ -11,14 +11,9 @@ import torch
 from accel.config import CacheSettings, ScmSettings
 from accel.latent import process_in, process_out
 from accel.model import DualExperts
-from accel.sampler import Job
+from accel.sampler import Job, synchronize
 from accel.schedule import expert_of_steps, make_scheduler
 from accel.scm import expert_masks
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def plain_loop(experts: DualExperts, job: Job, device: torch.device) -> tuple[torch.Tensor, float]:
@@ -30,7 +25,7 @@ def plain_loop(experts: DualExperts, job: Job, device: torch.device) -> tuple[to
     sigma0 = float(scheduler.sigmas[0])
     latents = (sigma0 * noise + (1 - sigma0) * process_in(job.latent.float())).to(device)
     cond, uncond = job.cond.to(device, dtype), job.uncond.to(device, dtype)
-    sync(device)
+    synchronize(device)
     began = time.perf_counter()
     with torch.no_grad():
         for t, expert in zip(scheduler.timesteps, expert_of_steps(scheduler.timesteps, sampler.boundary)):
@@ -43,7 +38,7 @@ def plain_loop(experts: DualExperts, job: Job, device: torch.device) -> tuple[to
                              return_dict=False)[0].float()
                 pred = neg + guidance * (pred - neg)
             latents = scheduler.step(pred, t, latents, return_dict=False)[0]
-    sync(device)
+    synchronize(device)
     return process_out(latents.float()).cpu(), time.perf_counter() - began
 
 

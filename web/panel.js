@@ -8,6 +8,7 @@ const live = new Map(); // prompt_id -> {steps, records} of jobs seen over the w
 let root = null;
 let selected = null;
 let generation = 0; // renders overlap (one per step event); only the latest one draws
+let finished = null; // ids of finished jobs on the server; fetched when the panel opens and after each job
 
 const style = `
 .cdp { font: 12px sans-serif; color: var(--fg-color, #ddd); padding: 6px; overflow: auto; height: 100%; }
@@ -30,9 +31,9 @@ async function fetchJson(path) {
   return response.ok ? response.json() : null;
 }
 
-async function jobs() {
-  const finished = (await fetchJson("/cachedit/traces")) || [];
-  const ids = finished.map((j) => j.prompt_id);
+async function jobs(refresh) {
+  if (refresh || finished === null) finished = ((await fetchJson("/cachedit/traces")) || []).map((j) => j.prompt_id);
+  const ids = [...finished];
   for (const id of live.keys()) if (!ids.includes(id)) ids.unshift(id);
   return ids;
 }
@@ -76,10 +77,11 @@ function renderSummary(container, trace) {
   container.appendChild(summary);
 }
 
-async function render() {
+// refresh: fetch the finished jobs again (not on each step of a running job: its records come live)
+async function render(refresh = true) {
   if (!root) return;
   const mine = ++generation;
-  const ids = await jobs();
+  const ids = await jobs(refresh);
   if (!selected || !ids.includes(selected)) selected = ids[0] || null;
   const trace = selected ? await traceOf(selected) : null;
   if (mine !== generation || !root) return;
@@ -105,7 +107,7 @@ api.addEventListener("cachedit.step", ({ detail }) => {
   job.records.push(...detail.records);
   live.set(detail.prompt_id, job);
   selected = detail.prompt_id;
-  render();
+  render(false);
 });
 
 // A cached SCM Mask node does not run again, so no "executed" message brings its text; the
