@@ -70,6 +70,15 @@ def load_experts(spec: ModelSpec, device: torch.device | str = "cpu") -> DualExp
     return DualExperts(high=high.eval().requires_grad_(False), low=low.eval().requires_grad_(False), spec=spec)
 
 
+def save_random_experts(root: Path, heads: int, seed: int = 0) -> ModelSpec:
+    """Write two tiny random experts with ``heads`` attention heads as a diffusers directory: the
+    tiny preset has 2 heads, and Ulysses over 4 ranks needs a multiple of 4."""
+    config = {**TINY_CONFIG, "num_attention_heads": heads}
+    for subfolder, offset in (("transformer", 0), ("transformer_2", 1)):
+        _random_expert(config, seed + offset, torch.float32, torch.device("cpu")).save_pretrained(root / subfolder)
+    return ModelSpec(source="diffusers", path=str(root), dtype="fp32")
+
+
 def model_config_for(spec: ModelSpec) -> dict[str, Any]:
     """The architecture without loading weights (for validation in the host process)."""
     if spec.source == "tiny-random":

@@ -7,9 +7,11 @@ kernels on either side of each idle stretch, which says what the GPU was waiting
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -112,17 +114,40 @@ def device_kernels(events) -> list[tuple[float, float, str]]:
 
 
 @contextlib.contextmanager
+def cpu_waits_recorded() -> Iterator[collections.Counter]:
+    """Count the operations that made the CPU wait for the GPU, by the Python line that called
+    them (torch's sync debug mode). Each such wait drains the queue: the GPU idles while the
+    CPU issues the next kernels."""
+    counts: collections.Counter = collections.Counter()
+    if not torch.cuda.is_available():
+        yield counts
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield counts
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    counts.update(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+
+
+@contextlib.contextmanager
 def profiled(path: Path | None) -> Iterator[None]:
-    """Write the GPU timeline of the enclosed work to ``path`` as JSON (nothing when None)."""
+    """Write the GPU timeline of the enclosed work to ``path`` as JSON, with the CPU's waits for
+    the GPU (nothing when None)."""
     if path is None:
         yield
         return
     from torch.profiler import ProfilerActivity, profile
 
     cuda = torch.cuda.is_available()
-    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof, \
+            cpu_waits_recorded() as waits:
         yield
         if cuda:
             torch.cuda.synchronize()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(timeline_of(device_kernels(prof.events())).to_dict(), indent=1))
+    timeline = timeline_of(device_kernels(prof.events())).to_dict()
+    path.write_text(json.dumps({**timeline, "cpu_waits": dict(waits.most_common())}, indent=1))

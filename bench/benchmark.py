@@ -184,14 +184,20 @@ class Bench:
     def part_ulysses(self) -> None:
         """SGLang's comparison on all GPUs: Ulysses N, no cache vs sglang-fast vs sglang-dynamic, full steps
         (SGLang, 4 GPUs, 720x1280x81, 40 steps: 8.33 s/step -> 6.09 s/step, 1.37x)."""
-        degree = 2 if self.tiny else self.gpus
+        degree = self.ulysses_degree
         self.group_runs(f"Ulysses {degree}", self.layout(ulysses=degree), EngineOptions(),
                         [(f"Ulysses {degree} bf16 eager, {preset}", self.args.steps, preset)
                          for preset in self.args.presets.split(",")])
 
+    @property
+    def ulysses_degree(self) -> int:
+        """Part ulysses spans every GPU (2 CPU ranks for the dry run)."""
+        return 2 if self.tiny else self.gpus
+
     def write(self, part: str) -> Path:
         # Each accelerated run against the unaccelerated 1-GPU eager bf16 run of the same step count.
-        bases = {self.rows[n]["steps"]: n for n in ("1 GPU bf16 eager, no cache", "1 GPU bf16 eager, no cache (short)")
+        bases = {self.rows[n]["steps"]: n for n in ("1 GPU bf16 eager, no cache", "1 GPU bf16 eager, no cache (short)",
+                                                    f"Ulysses {self.ulysses_degree} bf16 eager, none")
                  if n in self.latents}
         errors = {}
         for name, latent in self.latents.items():
@@ -211,6 +217,8 @@ class Bench:
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
         gpu = "cpu" if self.tiny else torch.cuda.get_device_name(0).replace(" ", "-")
+        if part == "ulysses":  # one file per call: a long run is split across calls by preset
+            part = f"ulysses{self.ulysses_degree}-{self.args.presets.replace(',', '_')}"
         path = RESULTS / f"{datetime.date.today()}-{gpu}-{part}.json"
         path.write_text(json.dumps(payload, indent=1, default=str))
         return path

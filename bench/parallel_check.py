@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch  # noqa: E402
 
 from accel.config import CacheSettings, JobSettings, ModelSpec, SamplerSettings  # noqa: E402
 from accel.logs import setup_logging  # noqa: E402
+from accel.model import save_random_experts  # noqa: E402
 from accel.parallel.group import WorkerGroup  # noqa: E402
 from accel.parallel.layout import ParallelLayout  # noqa: E402
 from accel.sampler import Runtime, run_job  # noqa: E402
@@ -27,9 +29,10 @@ from accel.scm import build_scm  # noqa: E402
 from bench.common import device_name, markdown_table, relative_error, tokens, versions, video_job, write_results  # noqa: E402
 
 
-def parity(gpus: int) -> list[list]:
-    """Tiny model, fp32: every layout must decide exactly as one process and agree across ranks."""
-    spec = ModelSpec(source="tiny-random", dtype="fp32")
+def parity(gpus: int, root: Path) -> list[list]:
+    """Tiny model with as many heads as GPUs, fp32: every layout must decide exactly as one process
+    and agree across ranks."""
+    spec = save_random_experts(root, heads=gpus)
     single_runtime = Runtime.load(spec, "cuda:0")
     rows = []
     layouts = [ParallelLayout(ulysses=gpus, devices=tuple(range(gpus))),
@@ -93,9 +96,10 @@ def main() -> int:
     parser.add_argument("--skip-timing", action="store_true")
     args = parser.parse_args()
     setup_logging()
-    parity_rows = parity(args.gpus) if args.gpus >= 2 else []
+    with tempfile.TemporaryDirectory() as root:
+        parity_rows = parity(args.gpus, Path(root)) if args.gpus >= 2 else []
     table = [f"# Worker group check, {datetime.date.today()}, {device_name()}", "", f"versions: {versions()}", ""]
-    table += ["## Decision parity (tiny random model, fp32, NCCL, 40 steps, SCM fast, default DBCache)", "",
+    table += [f"## Decision parity (tiny random model, {args.gpus} heads, fp32, NCCL, 40 steps, SCM fast, default DBCache)", "",
               markdown_table(["layout", "policy", "tokens", "decisions == 1 process", "ranks agreed",
                               "latent rel. error", "computed forwards"], parity_rows), ""]
     timing_rows: list = []

@@ -1,6 +1,7 @@
 """Merge the parts written by benchmark.py into bench/results/<date>-<gpu>.{json,md}.
 
     python bench/report.py bench/results/<date>-<gpu>-<part>.json ... [findings.md]
+    python bench/report.py bench/results/<date>-<gpu>-ulysses4-<presets>.json ...   # part ulysses, merged
 
 A findings file (markdown bullets: what was found where a target was missed) goes into the notes.
 """
@@ -8,6 +9,7 @@ A findings file (markdown bullets: what was found where a target was missed) goe
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -30,10 +32,48 @@ def ratio(rows: dict, numerator: str, denominator: str, key: str = "s_per_step")
     return None
 
 
+# SGLang's Ulysses 4 run, 720x1280x81, 40 steps (background notes): no cache, then its cache preset.
+SGLANG_ULYSSES4_S_PER_STEP = {"none": 8.33, "cache": 6.09}
+
+
+def ulysses_report(runs: list[dict], out: Path) -> int:
+    """Part ``ulysses`` split across calls by preset: one table, each preset against no cache."""
+    rows = {name: row for run in runs for name, row in run["rows"].items()}
+    errors = {name: e for run in runs for name, e in run["latent_rel_error_vs_uncached"].items()}
+    base = next((name for name in rows if name.endswith(", none")), None)
+    sglang = SGLANG_ULYSSES4_S_PER_STEP
+    table = [[name, r["steps"], r["denoise_s"], r["s_per_step"], r.get("computed", ""), r.get("forwards", ""),
+              r.get("peak_mem_gb") or "", r.get("job_overhead_s") or "",
+              rows[base]["denoise_s"] / r["denoise_s"] if base else "n/a",
+              errors.get(name, {}).get("rel_error", "")] for name, r in rows.items()]
+    result = {"device": runs[0]["device"], "versions": runs[0]["versions"], "settings": runs[0]["settings"],
+              "rows": rows, "speedup_vs_none": {name: row[8] for name, row in zip(rows, table)},
+              "sglang_s_per_step": sglang, "sglang_cache_speedup": sglang["none"] / sglang["cache"],
+              "groups": {k: v for run in runs for k, v in run["groups"].items()},
+              "latent_rel_error_vs_uncached": errors, "notes": [n for run in runs for n in run["notes"]],
+              "runs": [run["date"] for run in runs]}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
+    lines = [f"# Ulysses over all GPUs, {runs[0]['device']}, runs {', '.join(result['runs'])}", "",
+             f"versions {runs[0]['versions']}; settings {runs[0]['settings']}", "",
+             "Random-initialised weights; bf16 eager. Runs split across calls on the same machine (one lease).", "",
+             markdown_table(["run", "steps", "denoise s", "s/step", "computed", "forwards", "peak GB/rank",
+                             "job overhead s", "speedup vs no cache", "latent rel. error vs no cache"], table), "",
+             f"SGLang's Ulysses 4 run at 720x1280x81, 40 steps: {sglang['none']} s/step without cache, "
+             f"{sglang['cache']} s/step with it ({result['sglang_cache_speedup']:.2f}x).", "",
+             "Notes:", *[f"- {n}" for n in result["notes"]]]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(out.with_suffix(".md").read_text())
+    return 0
+
+
 def main(paths: list[str]) -> int:
     findings = [p for p in paths if p.endswith(".md")]
     paths = [p for p in paths if p.endswith(".json")]
-    parts = {part["part"]: part for part in (json.loads(Path(p).read_text()) for p in paths)}
+    loaded = [json.loads(Path(p).read_text()) for p in paths]
+    if all(run["part"] == "ulysses" for run in loaded):
+        first = Path(paths[0])
+        return ulysses_report(loaded, first.with_name(re.match(r".*-ulysses\d+", first.name).group(0)))
+    parts = {part["part"]: part for part in loaded}
     eager = parts.get("eager", {}).get("rows", {})
     compiled = parts.get("compiled", {}).get("rows", {})
     scaling = parts.get("scaling", {}).get("rows", {})

@@ -17,10 +17,11 @@ import torch
 
 from accel.config import CacheSettings, EngineOptions, ExpertCacheConfig, JobSettings, SamplerSettings
 from accel.errors import JobCancelled, UserInputError, WorkerGroupError
+from accel.model import save_random_experts
 from accel.parallel.group import WorkerGroup
 from accel.parallel.layout import ParallelLayout
 from accel.parallel.registry import WorkerGroupRegistry
-from accel.sampler import run_job
+from accel.sampler import Runtime, run_job
 from accel.scm import build_scm
 
 from helpers import TINY, tiny_job
@@ -72,6 +73,29 @@ def test_parallel_run_decides_and_samples_as_one_process(runtime, layout, engine
             assert torch.allclose(parallel.latent, single.latent, rtol=1e-5, atol=1e-6)
             assert all(r.ranks_agreed for r in parallel.trace.records)
             assert {r.ranks for r in parallel.trace.records} == {2 if layout.ulysses == 2 else 1}
+            assert any(r.decision == "cache" for r in parallel.trace.records)
+
+
+@pytest.fixture(scope="module")
+def four_heads(tmp_path_factory):
+    """The tiny model with 4 heads (Ulysses 4 splits heads 4 ways) and a one-process runtime of it."""
+    spec = save_random_experts(tmp_path_factory.mktemp("four-heads"), heads=4)
+    return spec, Runtime.load(spec)
+
+
+@pytest.mark.parametrize("layout", [ParallelLayout(ulysses=4), ParallelLayout(cfg=2, ulysses=2)],
+                         ids=["ulysses4", "cfg2-x-ulysses2"])
+def test_four_ranks_decide_and_sample_as_one_process(four_heads, layout):
+    spec, single_runtime = four_heads
+    with WorkerGroup(spec, layout) as group:
+        for policy in ("dynamic", "static"):
+            job = tiny_job(cached(policy=policy))
+            single = run_job(single_runtime, job)
+            parallel = group.run(job)
+            assert decisions(parallel.trace) == decisions(single.trace)
+            assert torch.allclose(parallel.latent, single.latent, rtol=1e-5, atol=1e-6)
+            assert all(r.ranks_agreed for r in parallel.trace.records)
+            assert {r.ranks for r in parallel.trace.records} == {layout.ulysses}
             assert any(r.decision == "cache" for r in parallel.trace.records)
 
 

@@ -6,7 +6,7 @@ import json
 
 from accel.parallel.group import WorkerGroup
 from accel.parallel.layout import ParallelLayout
-from accel.profiling import timeline_of
+from accel.profiling import cpu_waits_recorded, timeline_of
 
 from helpers import TINY, tiny_job
 
@@ -35,4 +35,23 @@ def test_workers_write_each_jobs_timeline_when_asked(tmp_path, monkeypatch):
         assert group.run(tiny_job()).trace.records
     for rank in (0, 1):
         written = json.loads((tmp_path / f"rank{rank}-job1.json").read_text())
-        assert {"span_ms", "idle_ms", "comm_exposed_ms", "copy_exposed_ms", "gaps"} <= set(written)
+        assert {"span_ms", "idle_ms", "comm_exposed_ms", "copy_exposed_ms", "gaps", "cpu_waits"} <= set(written)
+
+
+def test_cpu_waits_are_counted_by_calling_line(monkeypatch):
+    """On CUDA torch warns at each op that waits for the GPU; the recorder counts them per line."""
+    import warnings
+
+    import torch
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    with cpu_waits_recorded() as waits:
+        for _ in range(3):
+            warnings.warn("called a synchronizing CUDA operation")
+        warnings.warn("something else")
+    line = next(iter(waits))
+    assert line.startswith("test_profiling.py:") and waits[line] == 3 and len(waits) == 1
+    assert modes == ["warn", 0]  # the previous mode is restored
