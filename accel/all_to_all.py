@@ -8,6 +8,11 @@ q and k arrive in that layout from the fused rotary kernel (``rotary_head_major`
 received is already ``[B, S*P, H/P, D]`` for batch 1, and the attention output is sent as a view.
 What remains is one copy of v before and one of the output after. Same collectives, same values;
 uneven shards and FP8 payloads keep cache-dit's communicator.
+
+Split into head chunks (``chunks`` > 1), attention on the first chunk starts once that chunk has
+landed while the next one is still in flight, and the first chunk's output is sent while the next
+is attended: only the first chunk of the last input and the last chunk of the output are left
+with nothing beside them.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as fc
 
 
-def head_major(x: torch.Tensor, world: int) -> torch.Tensor:
-    """[B, S, H, D] -> contiguous [P, B, S, H/P, D]: head group p goes to rank p."""
+def head_major(x: torch.Tensor, world: int, chunks: int = 1) -> torch.Tensor:
+    """[B, S, H, D] -> contiguous [C, P, B, S, H/(P*C), D]: head group p goes to rank p, split into
+    C chunks sent one after the other (rank p's heads stay ``p*H/P .. (p+1)*H/P``)."""
     batch, seq, heads, dim = x.shape
-    return x.view(batch, seq, world, heads // world, dim).permute(2, 0, 1, 3, 4).contiguous()
+    return x.view(batch, seq, world, chunks, heads // (world * chunks), dim).permute(3, 2, 0, 1, 4, 5).contiguous()
 
 
 class Received:
@@ -42,23 +48,31 @@ def _exchange(x: torch.Tensor, group: dist.ProcessGroup, finish, copy_engine, ki
 
 
 def sequence_to_heads(x: torch.Tensor, group: dist.ProcessGroup, kind: str, copy_engine=None) -> Received:
-    """Head-major shard [P, B, S, H/P, D] -> [B, S*P, H/P, D]: all tokens, this rank's heads.
-    ``kind`` (q, k or v) names the copy engine's receive buffer."""
+    """Head-major shard of one head chunk [P, B, S, h, D] -> [B, S*P, h, D]: all tokens, this
+    rank's heads of the chunk. ``kind`` (q0, k1, ...) names the copy engine's receive buffer."""
 
-    def finish(received: torch.Tensor) -> torch.Tensor:  # [P (sequence chunk), B, S, H/P, D]
+    def finish(received: torch.Tensor) -> torch.Tensor:  # [P (sequence chunk), B, S, h, D]
         world, batch, seq, heads, dim = received.shape
         return received.transpose(0, 1).reshape(batch, world * seq, heads, dim)  # a view for batch 1
 
     return _exchange(x, group, finish, copy_engine, kind)
 
 
-def heads_to_sequence(out: torch.Tensor, group: dist.ProcessGroup, copy_engine=None) -> Received:
-    """Attention output [B, S*P, H/P, D] -> [B, S, H, D]: this rank's tokens, all heads."""
+def heads_to_sequence(out: torch.Tensor, group: dist.ProcessGroup, kind: str = "o", copy_engine=None) -> Received:
+    """Attention output of one head chunk [B, S*P, h, D] -> [P (head group), B, S, h, D]: this
+    rank's tokens; ``assemble_heads`` puts the chunks back in the model's head order."""
     world = dist.get_world_size(group)
     batch, seq, heads, dim = out.shape
     send = out.reshape(batch, world, seq // world, heads, dim).transpose(0, 1).contiguous()  # a view for batch 1
+    return _exchange(send, group, lambda received: received, copy_engine, kind)
 
-    def finish(received: torch.Tensor) -> torch.Tensor:  # [P (head group), B, S, H/P, D]
-        return received.permute(1, 2, 0, 3, 4).reshape(batch, seq // world, world * heads, dim)
 
-    return _exchange(send, group, finish, copy_engine, "o")
+def assemble_heads(chunks: list[Received]) -> torch.Tensor:
+    """Received head chunks, each [P, B, S, h, D] -> [B, S, H, D] with head ``(p, c, j)`` at
+    ``p*H/P + c*h + j``; one copy, chunk by chunk as each lands."""
+    first = chunks[0].wait()
+    world, batch, seq, heads, dim = first.shape
+    out = first.new_empty(batch, seq, world, len(chunks), heads, dim)
+    for index, chunk in enumerate(chunks):
+        out[:, :, :, index].copy_((first if index == 0 else chunk.wait()).permute(1, 2, 0, 3, 4))
+    return out.view(batch, seq, world * len(chunks) * heads, dim)

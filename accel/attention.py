@@ -16,12 +16,13 @@ I2V and fused projections keep the library's processor.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-from .all_to_all import head_major, heads_to_sequence, sequence_to_heads
+from .all_to_all import assemble_heads, head_major, heads_to_sequence, sequence_to_heads
 
 
 def rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -35,9 +36,29 @@ def rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) ->
     return out.type_as(x)
 
 
-def rotary_head_major(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor, world: int) -> torch.Tensor:
+def rotary_head_major(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor, world: int,
+                      chunks: int = 1) -> torch.Tensor:
     """The rotary embedding written straight into the all-to-all's send layout (one kernel compiled)."""
-    return head_major(rotary(x, freqs_cos, freqs_sin), world)
+    return head_major(rotary(x, freqs_cos, freqs_sin), world, chunks)
+
+
+@dataclass
+class Exchanges:
+    """How one block's v, q, k and attention output cross the Ulysses group, in head chunks.
+    ``inputs``: (send(chunk, index), compute() -> the tensor as [C, ...] chunks), in launch order."""
+
+    inputs: tuple[tuple[Callable, Callable[[], torch.Tensor]], ...]
+    send_out: Callable[[torch.Tensor, int], object]
+    assemble: Callable[[list], torch.Tensor]
+    chunks: int
+
+
+def self_attention_processors(modules) -> Iterator["WanSelfAttnProcessor"]:
+    """The pack's self-attention processors of the blocks of ``modules`` (experts)."""
+    for module in modules:
+        for block in module.blocks:
+            if isinstance(block.attn1.processor, WanSelfAttnProcessor):
+                yield block.attn1.processor
 
 
 class WanSelfAttnProcessor(WanAttnProcessor):
@@ -46,6 +67,7 @@ class WanSelfAttnProcessor(WanAttnProcessor):
         self.rope = rope
         self.rope_head_major = rope_head_major
         self.copy_engine = None  # a CopyEngineExchange (accel/copy_engine.py) on NVLinked GPUs
+        self.head_chunks = 1  # Ulysses: attend and exchange a rank's heads in this many chunks (at most)
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, rotary_emb=None) -> torch.Tensor:
@@ -83,43 +105,57 @@ class WanSelfAttnProcessor(WanAttnProcessor):
                                     backend=self._attention_backend, parallel_config=None)
         return self._project_out(attn, out, query)
 
-    def _exchanges(self, attn, hidden_states, rotary_emb, cp_config):
-        """The (send, compute) pairs of v, q and k in launch order, and the output's send."""
+    def _exchanges(self, attn, hidden_states, rotary_emb, cp_config) -> Exchanges:
         if cp_config.ulysses_anything or cp_config.ulysses_float8:  # cache-dit's padding / FP8 kernels
             return self._cache_dit_exchanges(attn, hidden_states, rotary_emb, cp_config)
         return self._head_major_exchanges(attn, hidden_states, rotary_emb, cp_config)
 
-    def _cache_dit_exchanges(self, attn, hidden_states, rotary_emb, cp_config):
+    def _cache_dit_exchanges(self, attn, hidden_states, rotary_emb, cp_config) -> Exchanges:
         from cache_dit.distributed.core import _All2AllComm
 
         comm = _All2AllComm(cp_config)
-        return ((comm.send_v, lambda: self._value(attn, hidden_states)),
-                (comm.send_q, lambda: self._query(attn, hidden_states, rotary_emb)),
-                (comm.send_k, lambda: self._key(attn, hidden_states, rotary_emb))), comm.send_o
+        whole = lambda compute: lambda: compute().unsqueeze(0)  # noqa: E731 (one chunk: all heads)
+        return Exchanges(
+            inputs=((lambda x, _: comm.send_v(x), whole(lambda: self._value(attn, hidden_states))),
+                    (lambda x, _: comm.send_q(x), whole(lambda: self._query(attn, hidden_states, rotary_emb))),
+                    (lambda x, _: comm.send_k(x), whole(lambda: self._key(attn, hidden_states, rotary_emb)))),
+            send_out=lambda out, _: comm.send_o(out), assemble=lambda outs: outs[0].wait(), chunks=1)
 
-    def _head_major_exchanges(self, attn, hidden_states, rotary_emb, cp_config):
+    def _head_major_exchanges(self, attn, hidden_states, rotary_emb, cp_config) -> Exchanges:
         group = cp_config._ulysses_mesh.get_group()
         world = torch.distributed.get_world_size(group)
-        rope = functools.partial(self.rope_head_major, world=world)
+        here = attn.heads // world
+        chunks = max(c for c in range(1, self.head_chunks + 1) if here % c == 0)
+        rope = functools.partial(self.rope_head_major, world=world, chunks=chunks)
         # Inside a compiled block only NCCL's functional collectives trace.
         engine = None if torch.compiler.is_compiling() else self.copy_engine
-        send = functools.partial(sequence_to_heads, group=group, copy_engine=engine)
-        return ((functools.partial(send, kind="v"), lambda: head_major(self._value(attn, hidden_states), world)),
-                (functools.partial(send, kind="q"), lambda: self._query(attn, hidden_states, rotary_emb, rope)),
-                (functools.partial(send, kind="k"), lambda: self._key(attn, hidden_states, rotary_emb, rope))), \
-            functools.partial(heads_to_sequence, group=group, copy_engine=engine)
+
+        def send(name: str):  # ``name`` + chunk index names the copy engine's receive buffer
+            return lambda x, index: sequence_to_heads(x, group, f"{name}{index}", engine)
+
+        return Exchanges(
+            inputs=((send("v"), lambda: head_major(self._value(attn, hidden_states), world, chunks)),
+                    (send("q"), lambda: self._query(attn, hidden_states, rotary_emb, rope)),
+                    (send("k"), lambda: self._key(attn, hidden_states, rotary_emb, rope))),
+            send_out=lambda out, index: heads_to_sequence(out, group, f"o{index}", engine),
+            assemble=assemble_heads, chunks=chunks)
 
     def _ulysses(self, attn, hidden_states, attention_mask, rotary_emb, cp_config) -> torch.Tensor:
         from cache_dit.attention import _dispatch_attention_fn
 
-        sends, send_o = self._exchanges(attn, hidden_states, rotary_emb, cp_config)
+        plan = self._exchanges(attn, hidden_states, rotary_emb, cp_config)
         # v first (no norm, no rotary), then q, then k: each all-to-all runs while the next tensor
         # is projected. With overlap off each one is waited for before the next is computed.
-        handles = []
-        for send, compute in sends:
-            handle = send(compute())
-            handles.append(handle if cp_config.ulysses_async else handle.wait())
-        value, query, key = (h.wait() if cp_config.ulysses_async else h for h in handles)
-        out = _dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                     backend=self._attention_backend, cp_config=None)
-        return self._project_out(attn, send_o(out).wait(), hidden_states)
+        overlap = cp_config.ulysses_async
+        pending = []
+        for send, compute in plan.inputs:
+            stacked = compute()
+            handles = [send(stacked[index], index) for index in range(plan.chunks)]
+            pending.append(handles if overlap else [handle.wait() for handle in handles])
+        outs = []
+        for index in range(plan.chunks):  # chunk i+1 lands, chunk i-1's output leaves, while chunk i is attended
+            value, query, key = (handles[index].wait() if overlap else handles[index] for handles in pending)
+            out = _dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                         backend=self._attention_backend, cp_config=None)
+            outs.append(plan.send_out(out, index))
+        return self._project_out(attn, plan.assemble(outs), hidden_states)

@@ -75,8 +75,14 @@ class EngineOptions:
     ulysses_float8: bool = False  # cache-dit: FP8 all-to-all payloads
     # CUDA: the all-to-alls by copy engines over NVLink (accel/copy_engine.py), not NCCL kernels.
     ulysses_copy_engine: bool = True
+    # Attend and exchange each rank's heads in up to this many chunks, so that one chunk's
+    # all-to-all runs beside another's attention (accel/all_to_all.py).
+    ulysses_head_chunks: int = 2
 
     def __post_init__(self) -> None:
+        if isinstance(self.ulysses_head_chunks, bool) or not isinstance(self.ulysses_head_chunks, int) \
+                or self.ulysses_head_chunks < 1:
+            raise UserInputError(f"ulysses_head_chunks must be an integer >= 1, got {self.ulysses_head_chunks!r}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise UserInputError(
                 f"attention backend {self.attention_backend!r} is unknown; expected one of {tuple(ATTENTION_BACKENDS)}"

@@ -84,7 +84,7 @@ def attach_copy_engine(modules, group: dist.ProcessGroup, device: torch.device,
     rank of ``group`` can map its peers' memory; otherwise (no P2P between these GPUs, no
     symmetric memory in this PyTorch) they keep NCCL's all-to-all. The ranks decide together:
     one rank on copies and one on NCCL would wait for each other forever."""
-    from .attention import WanSelfAttnProcessor
+    from .attention import self_attention_processors
 
     exchange, error = None, None
     try:
@@ -97,8 +97,6 @@ def attach_copy_engine(modules, group: dist.ProcessGroup, device: torch.device,
     if not usable.item():
         log.warning("Ulysses all-to-all through NCCL: copy engines unavailable (%s)", error or "on another rank")
         return None
-    for module in modules:
-        for block in module.blocks:
-            if isinstance(block.attn1.processor, WanSelfAttnProcessor):
-                block.attn1.processor.copy_engine = exchange
+    for processor in self_attention_processors(modules):
+        processor.copy_engine = exchange
     return exchange

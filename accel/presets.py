@@ -31,9 +31,10 @@ EXPERT_KEYS: dict[str, type | tuple[type, ...]] = {
 CACHE_KEYS = {**EXPERT_KEYS, "steps_computation_mask": (str, list), "steps_computation_policy": str, "experts": dict}
 SCHEMA: dict[str, Any] = {
     "cache_config": CACHE_KEYS,
-    # ulysses_copy_engine is the pack's own key (accel/copy_engine.py); the others are cache-dit's.
+    # ulysses_copy_engine and ulysses_head_chunks are the pack's own keys (accel/copy_engine.py,
+    # accel/all_to_all.py); the others are cache-dit's.
     "parallelism_config": {"ulysses_size": int, "ulysses_async": bool, "ulysses_float8": bool,
-                           "ulysses_copy_engine": bool},
+                           "ulysses_copy_engine": bool, "ulysses_head_chunks": int},
     "attention_backend": str,
     "quantize_config": {"quant_type": str, "exclude_layers": list},
     "compile": bool,
@@ -139,6 +140,7 @@ def load_preset(name_or_path: str) -> Preset:
         quantize=quantize, compile=data.get("compile", False), attention_backend=backend,
         ulysses_async=parallel.get("ulysses_async", True), ulysses_float8=parallel.get("ulysses_float8", False),
         ulysses_copy_engine=parallel.get("ulysses_copy_engine", True),
+        ulysses_head_chunks=parallel.get("ulysses_head_chunks", EngineOptions.ulysses_head_chunks),
     )
 
     cache_section = data.get("cache_config")
@@ -206,6 +208,8 @@ def preset_to_dict(preset: Preset) -> dict[str, Any]:
     for key in ("ulysses_async", "ulysses_copy_engine"):  # on by default
         if not getattr(preset.engine, key):
             parallel[key] = False
+    if preset.engine.ulysses_head_chunks != EngineOptions.ulysses_head_chunks:
+        parallel["ulysses_head_chunks"] = preset.engine.ulysses_head_chunks
     if parallel:
         data["parallelism_config"] = parallel
     if preset.engine.compile:

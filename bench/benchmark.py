@@ -33,7 +33,7 @@ from accel.model import load_experts  # noqa: E402
 from accel.parallel.group import WorkerGroup  # noqa: E402
 from accel.parallel.layout import ParallelLayout  # noqa: E402
 from accel.presets import load_preset  # noqa: E402
-from bench.common import RESULTS, device_name, relative_error, tokens, versions, video_job  # noqa: E402
+from bench.common import RESULTS, WARM_STEPS, device_name, relative_error, tokens, versions, video_job  # noqa: E402
 from bench.peer import enable_cachedit_own, masks_for, plain_loop  # noqa: E402
 
 
@@ -83,7 +83,7 @@ class Bench:
         print(f"{name:<34} {json.dumps(row, default=str)}", flush=True)
 
     def group_runs(self, label: str, layout: ParallelLayout, engine: EngineOptions, runs: list[tuple[str, int, str]],
-                   warm_steps: int = 2) -> None:
+                   warm_steps: int = WARM_STEPS) -> None:
         """Start a group, warm it (and compile), then time each (name, steps, preset) job."""
         began = time.perf_counter()
         try:
@@ -137,8 +137,8 @@ class Bench:
         self.peers(short, full)
 
     def part_scaling(self) -> None:
-        """Per-step time of 1 GPU, Ulysses 2 (all-to-alls by copy engines, then by NCCL) and CFG
-        parallel 2, bf16 eager, no cache."""
+        """Per-step time of 1 GPU, Ulysses 2 (all-to-alls by copy engines in two head chunks, in one,
+        then by NCCL) and CFG parallel 2, bf16 eager, no cache."""
         short = self.args.short_steps
         self.group_runs("1 GPU eager", self.layout(), EngineOptions(),
                         [("1 GPU bf16 eager, no cache (short)", short, "none")])
@@ -147,6 +147,8 @@ class Bench:
             return
         self.group_runs("Ulysses 2", self.layout(ulysses=2), EngineOptions(),
                         [("Ulysses 2 bf16 eager, no cache (short)", short, "none")])
+        self.group_runs("Ulysses 2, one head chunk", self.layout(ulysses=2), EngineOptions(ulysses_head_chunks=1),
+                        [("Ulysses 2 bf16 eager, one head chunk, no cache (short)", short, "none")])
         self.group_runs("Ulysses 2, NCCL all-to-all", self.layout(ulysses=2), EngineOptions(ulysses_copy_engine=False),
                         [("Ulysses 2 bf16 eager, NCCL all-to-all, no cache (short)", short, "none")])
         self.group_runs("CFG parallel 2", self.layout(cfg=2), EngineOptions(),

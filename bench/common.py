@@ -14,6 +14,9 @@ from accel.sampler import Job
 from accel.smoke import smoke_embeddings
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Warm-up job length: from step 2 on UniPC's corrector solves a small system (torch.linalg.solve),
+# and the first solve in a process starts cuSOLVER (12 ms on an H200), which a timed job should not carry.
+WARM_STEPS = 3
 
 
 def video_job(settings: JobSettings, height: int, width: int, frames: int, text_dim: int) -> Job:

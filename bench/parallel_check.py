@@ -26,7 +26,7 @@ from accel.parallel.group import WorkerGroup  # noqa: E402
 from accel.parallel.layout import ParallelLayout  # noqa: E402
 from accel.sampler import Runtime, run_job  # noqa: E402
 from accel.scm import build_scm  # noqa: E402
-from bench.common import device_name, markdown_table, relative_error, tokens, versions, video_job, write_results  # noqa: E402
+from bench.common import WARM_STEPS, device_name, markdown_table, relative_error, tokens, versions, video_job, write_results  # noqa: E402
 
 
 def parity(gpus: int, root: Path) -> list[list]:
@@ -60,7 +60,7 @@ def timing(gpus: int, steps: int, height: int, width: int, frames: int) -> tuple
     spec = ModelSpec(source="a14b-random", dtype="bf16")
     settings = JobSettings(sampler=SamplerSettings(steps=steps))
     job = video_job(settings, height, width, frames, 4096)
-    warm = video_job(JobSettings(sampler=SamplerSettings(steps=2)), height, width, frames, 4096)
+    warm = video_job(JobSettings(sampler=SamplerSettings(steps=WARM_STEPS)), height, width, frames, 4096)
     layouts = {"1 GPU": ParallelLayout(devices=(0,))}
     if gpus >= 2:
         layouts["Ulysses 2"] = ParallelLayout(ulysses=2, devices=(0, 1))

@@ -100,6 +100,8 @@ def main(paths: list[str]) -> int:
         "pack_eager_speedup": ratio(compiled, "plain diffusers loop", base_short),
         "fp8_compile_speedup": ratio(compiled, "1 GPU bf16 compile, no cache (short)", "1 GPU fp8 compile, no cache (short)"),
         "ulysses2_scaling": ratio(scaling, base_short, "Ulysses 2 bf16 eager, no cache (short)"),
+        "ulysses2_scaling_one_head_chunk": ratio(scaling, base_short,
+                                                 "Ulysses 2 bf16 eager, one head chunk, no cache (short)"),
         "ulysses2_scaling_nccl_all_to_all": ratio(scaling, base_short,
                                                   "Ulysses 2 bf16 eager, NCCL all-to-all, no cache (short)"),
         "cfg2_scaling": ratio(scaling, base_short, "CFG 2 bf16 eager, no cache (short)"),
@@ -141,8 +143,8 @@ def main(paths: list[str]) -> int:
              "forwards", "latent rel. error", "PSNR dB (real weights)"], rows), ""]
     summary = [[key, result[key], TARGETS.get(key, "")] for key in (
         "cache_speedup", "cache_speedup_sglang_dynamic", "pack_eager_speedup", "compile_speedup",
-        "compile_speedup_vs_pack_eager", "fp8_compile_speedup", "ulysses2_scaling", "ulysses2_scaling_nccl_all_to_all", "cfg2_scaling", "all_in_speedup",
-        "all_in_speedup_vs_pack_eager",
+        "compile_speedup_vs_pack_eager", "fp8_compile_speedup", "ulysses2_scaling", "ulysses2_scaling_one_head_chunk",
+        "ulysses2_scaling_nccl_all_to_all", "cfg2_scaling", "all_in_speedup", "all_in_speedup_vs_pack_eager",
         "peer_cachedit_ratio", "plain_loop_ratio", "warm_job_overhead_s", "cached_step_cost_ratio",
         "uncached_forward_s", "uncached_forward_s_diffusers", "comfyui_wanmodel_forward_s", "bf16_compile_s", "fp8_compile_s_cold_cache",
         "fp8_compile_s_warm_cache")]

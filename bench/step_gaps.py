@@ -26,7 +26,7 @@ from accel.config import JobSettings, ModelSpec, SamplerSettings  # noqa: E402
 from accel.logs import setup_logging  # noqa: E402
 from accel.parallel.group import WorkerGroup  # noqa: E402
 from accel.parallel.layout import ParallelLayout  # noqa: E402
-from bench.common import device_name, markdown_table, tokens, versions, video_job, write_results  # noqa: E402
+from bench.common import WARM_STEPS, device_name, markdown_table, tokens, versions, video_job, write_results  # noqa: E402
 
 
 def diagnose(label: str, layout: ParallelLayout, args: argparse.Namespace, root: Path) -> dict:
@@ -35,7 +35,7 @@ def diagnose(label: str, layout: ParallelLayout, args: argparse.Namespace, root:
     job = lambda steps: video_job(JobSettings(sampler=SamplerSettings(steps=steps)),  # noqa: E731
                                   args.height, args.width, args.frames, 4096)
     with WorkerGroup(spec, layout, start_timeout_s=900) as group:
-        group.run(job(2))  # job 1: warm-up
+        group.run(job(WARM_STEPS))  # job 1: warm-up
         result = group.run(job(args.steps))  # job 2
     timeline = json.loads((root / label / "rank0-job2.json").read_text())
     forwards_ms = sum(r.wall_ms for r in result.trace.records) / args.steps

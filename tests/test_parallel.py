@@ -83,11 +83,13 @@ def four_heads(tmp_path_factory):
     return spec, Runtime.load(spec)
 
 
-@pytest.mark.parametrize("layout", [ParallelLayout(ulysses=4), ParallelLayout(cfg=2, ulysses=2)],
-                         ids=["ulysses4", "cfg2-x-ulysses2"])
-def test_four_ranks_decide_and_sample_as_one_process(four_heads, layout):
+@pytest.mark.parametrize("layout,chunks", [
+    (ParallelLayout(ulysses=4), 1), (ParallelLayout(cfg=2, ulysses=2), 2), (ParallelLayout(ulysses=2), 2),
+], ids=["ulysses4", "cfg2-x-ulysses2-two-head-chunks", "ulysses2-two-head-chunks"])
+def test_four_head_model_decides_and_samples_as_one_process(four_heads, layout, chunks):
+    """Ulysses over 4 ranks, and each rank's 2 heads attended and exchanged as 2 chunks."""
     spec, single_runtime = four_heads
-    with WorkerGroup(spec, layout) as group:
+    with WorkerGroup(spec, layout, EngineOptions(ulysses_head_chunks=chunks)) as group:
         for policy in ("dynamic", "static"):
             job = tiny_job(cached(policy=policy))
             single = run_job(single_runtime, job)

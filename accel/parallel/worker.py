@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..attention import self_attention_processors
 from ..config import EngineOptions, JobSettings, ModelSpec
 from ..copy_engine import attach_copy_engine
 from ..errors import JobCancelled, UserInputError
@@ -92,6 +93,8 @@ class Worker:
                 for module in (experts.high, experts.low):
                     self.cp_configs.append(enable_ulysses(module, mesh, self.layout.ulysses,
                                                           engine.ulysses_async, engine.ulysses_float8))
+                for processor in self_attention_processors((experts.high, experts.low)):
+                    processor.head_chunks = engine.ulysses_head_chunks
                 if engine.ulysses_copy_engine and self.device.type == "cuda":
                     attach_copy_engine((experts.high, experts.low), mesh.group("ulysses"), self.device,
                                        timedelta(seconds=config.collective_timeout_s))
