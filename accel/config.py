@@ -76,8 +76,9 @@ class EngineOptions:
     # CUDA: the all-to-alls by copy engines over NVLink (accel/copy_engine.py), not NCCL kernels.
     ulysses_copy_engine: bool = True
     # Attend and exchange each rank's heads in up to this many chunks, so that one chunk's
-    # all-to-all runs beside another's attention (accel/all_to_all.py).
-    ulysses_head_chunks: int = 2
+    # all-to-all runs beside another's attention (accel/all_to_all.py): for links where the
+    # exchange is long. On NVLinked H200s two chunks were slower (bench/results/*-findings.md).
+    ulysses_head_chunks: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.ulysses_head_chunks, bool) or not isinstance(self.ulysses_head_chunks, int) \

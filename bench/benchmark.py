@@ -4,6 +4,7 @@
     python bench/benchmark.py --part scaling    # 1 GPU vs Ulysses 2 vs CFG parallel 2 (needs 2 GPUs)
     python bench/benchmark.py --part compiled   # compile, FP8 + compile, everything on 2 GPUs
     python bench/benchmark.py --part ulysses --height 720 --width 1280 --frames 81   # all GPUs, as SGLang's run
+    python bench/benchmark.py --part ulysses --baseline ...   # the same size: 1 GPU against all GPUs, short jobs
     python bench/benchmark.py --part eager --tiny   # the same code on CPU with the tiny model (a dry run)
 
 Full-size random Wan2.2-A14B experts (bf16, built on the GPU) unless --model-path names a diffusers
@@ -137,8 +138,8 @@ class Bench:
         self.peers(short, full)
 
     def part_scaling(self) -> None:
-        """Per-step time of 1 GPU, Ulysses 2 (all-to-alls by copy engines in two head chunks, in one,
-        then by NCCL) and CFG parallel 2, bf16 eager, no cache."""
+        """Per-step time of 1 GPU, Ulysses 2 (all-to-alls by copy engines, the same in two head
+        chunks, then by NCCL) and CFG parallel 2, bf16 eager, no cache."""
         short = self.args.short_steps
         self.group_runs("1 GPU eager", self.layout(), EngineOptions(),
                         [("1 GPU bf16 eager, no cache (short)", short, "none")])
@@ -147,8 +148,8 @@ class Bench:
             return
         self.group_runs("Ulysses 2", self.layout(ulysses=2), EngineOptions(),
                         [("Ulysses 2 bf16 eager, no cache (short)", short, "none")])
-        self.group_runs("Ulysses 2, one head chunk", self.layout(ulysses=2), EngineOptions(ulysses_head_chunks=1),
-                        [("Ulysses 2 bf16 eager, one head chunk, no cache (short)", short, "none")])
+        self.group_runs("Ulysses 2, two head chunks", self.layout(ulysses=2), EngineOptions(ulysses_head_chunks=2),
+                        [("Ulysses 2 bf16 eager, two head chunks, no cache (short)", short, "none")])
         self.group_runs("Ulysses 2, NCCL all-to-all", self.layout(ulysses=2), EngineOptions(ulysses_copy_engine=False),
                         [("Ulysses 2 bf16 eager, NCCL all-to-all, no cache (short)", short, "none")])
         self.group_runs("CFG parallel 2", self.layout(cfg=2), EngineOptions(),
@@ -187,6 +188,13 @@ class Bench:
         """SGLang's comparison on all GPUs: Ulysses N, no cache vs sglang-fast vs sglang-dynamic, full steps
         (SGLang, 4 GPUs, 720x1280x81, 40 steps: 8.33 s/step -> 6.09 s/step, 1.37x)."""
         degree = self.ulysses_degree
+        if self.args.baseline:  # per-step time of 1 GPU against Ulysses N: short jobs, no cache
+            short = self.args.short_steps
+            self.group_runs("1 GPU eager", self.layout(), EngineOptions(),
+                            [("1 GPU bf16 eager, no cache (short)", short, "none")])
+            self.group_runs(f"Ulysses {degree}", self.layout(ulysses=degree), EngineOptions(),
+                            [(f"Ulysses {degree} bf16 eager, no cache (short)", short, "none")])
+            return
         self.group_runs(f"Ulysses {degree}", self.layout(ulysses=degree), EngineOptions(),
                         [(f"Ulysses {degree} bf16 eager, {preset}", self.args.steps, preset)
                          for preset in self.args.presets.split(",")])
@@ -220,7 +228,8 @@ class Bench:
         RESULTS.mkdir(parents=True, exist_ok=True)
         gpu = "cpu" if self.tiny else torch.cuda.get_device_name(0).replace(" ", "-")
         if part == "ulysses":  # one file per call: a long run is split across calls by preset
-            part = f"ulysses{self.ulysses_degree}-{self.args.presets.replace(',', '_')}"
+            runs = "baseline" if self.args.baseline else self.args.presets.replace(",", "_")
+            part = f"ulysses{self.ulysses_degree}-{runs}"
         path = RESULTS / f"{datetime.date.today()}-{gpu}-{part}.json"
         path.write_text(json.dumps(payload, indent=1, default=str))
         return path
@@ -250,6 +259,8 @@ def main() -> int:
                         help="part compiled: skip the FP8 group restart that times a warm compile cache")
     parser.add_argument("--presets", default="none,sglang-fast,sglang-dynamic",
                         help="part ulysses: presets to time (split a long run across calls)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="part ulysses: instead, 1 GPU against Ulysses over all GPUs, --short-steps, no cache")
     args = parser.parse_args()
     setup_logging()
     bench = Bench(args)
