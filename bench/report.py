@@ -47,7 +47,8 @@ def ulysses_report(runs: list[dict], out: Path) -> int:
     speedups = {name: rows[base]["denoise_s"] / rows[name]["denoise_s"] for name in full if base}
     table = [[name, r["steps"], r["denoise_s"], r["s_per_step"], r.get("computed", ""), r.get("forwards", ""),
               r.get("peak_mem_gb") or "", r.get("job_overhead_s") or "", speedups.get(name, ""),
-              errors.get(name, {}).get("rel_error", "")] for name, r in rows.items()]
+              f"{errors[name]['rel_error']:.3f} vs {errors[name]['vs']}" if name in errors else ""]
+             for name, r in rows.items()]
     scaling = rows[shorts[0]]["s_per_step"] / rows[shorts[1]]["s_per_step"] if len(shorts) == 2 else None
     result = {"device": runs[0]["device"], "versions": runs[0]["versions"], "settings": runs[0]["settings"],
               "rows": rows, "speedup_vs_none": speedups, "ulysses_scaling_vs_1_gpu": scaling,
@@ -61,7 +62,7 @@ def ulysses_report(runs: list[dict], out: Path) -> int:
              "Random-initialised weights; bf16 eager. Runs split across calls by preset; the per-step scaling "
              "against 1 GPU comes from one call (--baseline).", "",
              markdown_table(["run", "steps", "denoise s", "s/step", "computed", "forwards", "peak GB/rank",
-                             "job overhead s", "speedup vs no cache", "latent rel. error vs no cache"], table), "",
+                             "job overhead s", "speedup vs no cache", "latent rel. error (same call)"], table), "",
              f"SGLang's Ulysses 4 run at 720x1280x81, 40 steps: {sglang['none']} s/step without cache, "
              f"{sglang['cache']} s/step with it ({result['sglang_cache_speedup']:.2f}x).", "",
              f"Ulysses over all GPUs against 1 GPU, per step, no cache: "
