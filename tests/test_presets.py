@@ -58,12 +58,21 @@ def test_presets_round_trip(name, tmp_path):
 
 def test_ulysses_transport_switches_load_and_round_trip(tmp_path):
     path = tmp_path / "nccl.yaml"
-    path.write_text("parallelism_config:\n  ulysses_size: 2\n  ulysses_async: false\n  ulysses_copy_engine: false\n")
+    path.write_text("parallelism_config:\n  ulysses_size: 2\n  ulysses_async: false\n  ulysses_copy_engine: false\n"
+                    "  ulysses_head_chunks: 2\n")
     preset = load_preset(str(path))
-    assert (preset.engine.ulysses_async, preset.engine.ulysses_copy_engine, preset.ulysses) == (False, False, 2)
+    assert (preset.engine.ulysses_async, preset.engine.ulysses_copy_engine, preset.engine.ulysses_head_chunks,
+            preset.ulysses) == (False, False, 2, 2)
     path.write_text(yaml.safe_dump(preset_to_dict(preset)))
     assert load_preset(str(path)).engine == preset.engine
     assert load_preset("sglang-fast").engine.ulysses_copy_engine
+
+
+def test_head_chunks_below_one_are_refused_with_the_key_named(tmp_path):
+    path = tmp_path / "chunks.yaml"
+    path.write_text("parallelism_config:\n  ulysses_head_chunks: 0\n")
+    with pytest.raises(UserInputError, match="ulysses_head_chunks must be an integer >= 1"):
+        load_preset(str(path))
 
 
 @pytest.mark.parametrize("text, message", [
