@@ -7,9 +7,10 @@ Here each rank pushes its shards straight into the receiving ranks' memory with
 ``cudaMemcpyAsync`` on a side stream (copy engines, no SM), through PyTorch's symmetric memory
 (peer-mapped buffers, no multicast), and a barrier kernel of one block marks them landed.
 
-One receive buffer per tensor kind (v, q, k, o) is reused by every block: a peer can only push a
-kind again after a chain of data it needs from this rank, which this rank sends after it has
-consumed that buffer, so no extra barrier is needed between blocks.
+One receive buffer per tensor kind and head chunk (v0, q0, k0, o0, ...) is reused by every block:
+a peer can only push a kind again after a chain of data it needs from this rank (all output
+chunks of the block, then the next block's inputs), which this rank sends after it has consumed
+that buffer, so no extra barrier is needed between blocks.
 """
 
 from __future__ import annotations
