@@ -130,7 +130,11 @@ def cpu_waits_recorded() -> Iterator[collections.Counter]:
             yield counts
         finally:
             torch.cuda.set_sync_debug_mode(previous)
-    counts.update(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            counts[f"{Path(w.filename).name}:{w.lineno}"] += 1
+        else:  # not ours to swallow
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 @contextlib.contextmanager

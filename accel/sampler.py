@@ -176,7 +176,7 @@ def run_job(
     device, topology = runtime.device, runtime.topology
     dtype = runtime.experts.high.dtype
     scheduler = make_scheduler(sampler)
-    timesteps = scheduler.timesteps
+    timesteps = scheduler.timesteps  # stays on the CPU (place_on moves the scheduler's own): read without a sync
     experts_of_step = expert_of_steps(timesteps, sampler.boundary)
     masks = expert_masks(settings.scm, experts_of_step) if settings.scm is not None else {}
     plans = {

@@ -141,13 +141,12 @@ class Bench:
         """Per-step time of 1 GPU, Ulysses 2 (all-to-alls by copy engines, the same in two head
         chunks, then by NCCL) and CFG parallel 2, bf16 eager, no cache."""
         short = self.args.short_steps
-        self.group_runs("1 GPU eager", self.layout(), EngineOptions(),
-                        [("1 GPU bf16 eager, no cache (short)", short, "none")])
         if not self.tiny and self.gpus < 2:
+            self.group_runs("1 GPU eager", self.layout(), EngineOptions(),
+                            [("1 GPU bf16 eager, no cache (short)", short, "none")])
             self.notes.append("Ulysses 2 and CFG 2: one GPU only")
             return
-        self.group_runs("Ulysses 2", self.layout(ulysses=2), EngineOptions(),
-                        [("Ulysses 2 bf16 eager, no cache (short)", short, "none")])
+        self.one_gpu_against_ulysses(2)
         self.group_runs("Ulysses 2, two head chunks", self.layout(ulysses=2), EngineOptions(ulysses_head_chunks=2),
                         [("Ulysses 2 bf16 eager, two head chunks, no cache (short)", short, "none")])
         self.group_runs("Ulysses 2, NCCL all-to-all", self.layout(ulysses=2), EngineOptions(ulysses_copy_engine=False),
@@ -188,16 +187,20 @@ class Bench:
         """SGLang's comparison on all GPUs: Ulysses N, no cache vs sglang-fast vs sglang-dynamic, full steps
         (SGLang, 4 GPUs, 720x1280x81, 40 steps: 8.33 s/step -> 6.09 s/step, 1.37x)."""
         degree = self.ulysses_degree
-        if self.args.baseline:  # per-step time of 1 GPU against Ulysses N: short jobs, no cache
-            short = self.args.short_steps
-            self.group_runs("1 GPU eager", self.layout(), EngineOptions(),
-                            [("1 GPU bf16 eager, no cache (short)", short, "none")])
-            self.group_runs(f"Ulysses {degree}", self.layout(ulysses=degree), EngineOptions(),
-                            [(f"Ulysses {degree} bf16 eager, no cache (short)", short, "none")])
+        if self.args.baseline:
+            self.one_gpu_against_ulysses(degree)
             return
         self.group_runs(f"Ulysses {degree}", self.layout(ulysses=degree), EngineOptions(),
                         [(f"Ulysses {degree} bf16 eager, {preset}", self.args.steps, preset)
                          for preset in self.args.presets.split(",")])
+
+    def one_gpu_against_ulysses(self, degree: int) -> None:
+        """Per-step time of 1 GPU, then of Ulysses ``degree``: short jobs, bf16 eager, no cache."""
+        short = self.args.short_steps
+        self.group_runs("1 GPU eager", self.layout(), EngineOptions(),
+                        [("1 GPU bf16 eager, no cache (short)", short, "none")])
+        self.group_runs(f"Ulysses {degree}", self.layout(ulysses=degree), EngineOptions(),
+                        [(f"Ulysses {degree} bf16 eager, no cache (short)", short, "none")])
 
     @property
     def ulysses_degree(self) -> int:

@@ -42,7 +42,8 @@ def ulysses_report(runs: list[dict], out: Path) -> int:
     errors = {name: e for run in runs for name, e in run["latent_rel_error_vs_uncached"].items()}
     base = next((name for name in rows if name.endswith(", none")), None)
     full = [name for name in rows if not name.endswith("(short)")]  # the full-length cache comparison
-    shorts = [name for name in rows if name.endswith("(short)")]  # --baseline: 1 GPU, then Ulysses N
+    # --baseline: 1 GPU and Ulysses N, short jobs
+    shorts = sorted((name for name in rows if name.endswith("(short)")), key=lambda name: not name.startswith("1 GPU"))
     sglang = SGLANG_ULYSSES4_S_PER_STEP
     speedups = {name: rows[base]["denoise_s"] / rows[name]["denoise_s"] for name in full if base}
     table = [[name, r["steps"], r["denoise_s"], r["s_per_step"], r.get("computed", ""), r.get("forwards", ""),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from accel.parallel.group import WorkerGroup
 from accel.parallel.layout import ParallelLayout
 from accel.profiling import cpu_waits_recorded, timeline_of
@@ -48,7 +50,7 @@ def test_cpu_waits_are_counted_by_calling_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
-    with cpu_waits_recorded() as waits:
+    with pytest.warns(UserWarning, match="something else"), cpu_waits_recorded() as waits:  # others pass through
         for _ in range(3):
             warnings.warn("called a synchronizing CUDA operation")
         warnings.warn("something else")
