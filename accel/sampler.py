@@ -19,7 +19,7 @@ from .errors import JobCancelled
 from .fused_block import fuse_block_ops
 from .latent import process_in, process_out
 from .model import DualExperts, load_experts, model_config_for
-from .schedule import expert_of_steps, make_scheduler, place_on
+from .schedule import expert_of_steps, make_scheduler, place_on, solve_without_sync
 from .scm import expert_masks
 from .similarity import patched_similarity
 from .trace import StepRecord, Trace
@@ -245,7 +245,8 @@ def run_job(
             if guidance > 1.0:
                 uncond = preds["uncond"].float()
                 pred = uncond + guidance * (pred - uncond)
-            latents = scheduler.step(pred, scheduler.timesteps[step], latents, return_dict=False)[0]
+            with solve_without_sync():
+                latents = scheduler.step(pred, scheduler.timesteps[step], latents, return_dict=False)[0]
             local_step[expert] += 1
         step_log.flush()
     synchronize(device)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from .config import SamplerSettings
@@ -29,12 +32,33 @@ def make_scheduler(settings: SamplerSettings):
 def place_on(scheduler, device: torch.device) -> None:
     """Timesteps and sigmas on the sampling device. diffusers keeps the sigmas on the CPU and
     copies each one it uses to the GPU, and each such copy waits for all queued GPU work (about six
-    per UniPC step); here they are read where they already are (the same values). On 2x H200 the
-    step time did not measurably change (bench/results/*-findings.md): UniPC's corrector still
-    waits for the GPU once per step (torch.linalg.solve), after the step's forwards. These copies
-    would be the next waits once that one is gone."""
+    per UniPC step); here they are read where they already are (the same values). With
+    ``solve_without_sync`` as well, the step loop never waits for the GPU."""
     scheduler.timesteps = scheduler.timesteps.to(device)
     scheduler.sigmas = scheduler.sigmas.to(device)
+
+
+@contextlib.contextmanager
+def solve_without_sync() -> Iterator[None]:
+    """Within: ``torch.linalg.solve`` is ``solve_ex`` without its error check.
+
+    UniPC's corrector solves a tiny system built from the sigmas at every step. On CUDA,
+    ``torch.linalg.solve`` copies the factorisation's status to the CPU to raise on a singular
+    matrix, so the CPU waits there for the step's forwards to end and the GPU then idles while
+    the CPU issues the next step's first kernels (bench/results/*-step-gaps.md). ``solve_ex``
+    runs the same kernels and returns the same solution without that copy; the system is never
+    singular (distinct sigmas). Patched only while a scheduler steps: diffusers calls
+    ``torch.linalg.solve`` itself, and a worker runs one job at a time."""
+    solve = torch.linalg.solve
+    torch.linalg.solve = _solve_unchecked
+    try:
+        yield
+    finally:
+        torch.linalg.solve = solve
+
+
+def _solve_unchecked(A: torch.Tensor, B: torch.Tensor, *, left: bool = True) -> torch.Tensor:
+    return torch.linalg.solve_ex(A, B, left=left)[0]
 
 
 def expert_of_steps(timesteps: torch.Tensor, boundary: float) -> list[str]:
