@@ -6,7 +6,8 @@ a [tokens, 5120] activation per block, 21 ms of a 482 ms Ulysses 2 forward at 14
 H200 (bench/results/*-forward.md). Here a shard is sent head group first, ``[P, B, S, H/P, D]``:
 q and k arrive in that layout from the fused rotary kernel (``rotary_head_major``), what is
 received is already ``[B, S*P, H/P, D]`` for batch 1, and the attention output is sent as a view.
-What remains is one copy of v before and one of the output after. Same collectives, same values;
+What remains is one copy of v before and one of the output after (none with copy engines, which
+move strided rows: accel/copy_engine.py). Same collectives, same values;
 uneven shards and FP8 payloads keep cache-dit's communicator.
 
 Split into head chunks (``chunks`` > 1), attention on the first chunk starts once that chunk has
@@ -47,24 +48,27 @@ def _exchange(x: torch.Tensor, group: dist.ProcessGroup, finish, copy_engine, ki
     return Received(fc.all_to_all_single(x.flatten(), None, None, group), lambda received: finish(received.view(shape)))
 
 
+def all_tokens(received: torch.Tensor) -> torch.Tensor:
+    """What a rank received of one head chunk, [P (sequence part), B, S, h, D] -> [B, S*P, h, D]:
+    every token, this rank's heads of the chunk (a view for batch 1)."""
+    world, batch, seq, heads, dim = received.shape
+    return received.transpose(0, 1).reshape(batch, world * seq, heads, dim)
+
+
 def sequence_to_heads(x: torch.Tensor, group: dist.ProcessGroup, kind: str, copy_engine=None) -> Received:
     """Head-major shard of one head chunk [P, B, S, h, D] -> [B, S*P, h, D]: all tokens, this
     rank's heads of the chunk. ``kind`` (q0, k1, ...) names the copy engine's receive buffer."""
-
-    def finish(received: torch.Tensor) -> torch.Tensor:  # [P (sequence chunk), B, S, h, D]
-        world, batch, seq, heads, dim = received.shape
-        return received.transpose(0, 1).reshape(batch, world * seq, heads, dim)  # a view for batch 1
-
-    return _exchange(x, group, finish, copy_engine, kind)
+    return _exchange(x, group, all_tokens, copy_engine, kind)
 
 
-def heads_to_sequence(out: torch.Tensor, group: dist.ProcessGroup, kind: str = "o", copy_engine=None) -> Received:
-    """Attention output of one head chunk [B, S*P, h, D] -> [P (head group), B, S, h, D]: this
+def heads_to_sequence(out: torch.Tensor, group: dist.ProcessGroup, kind: str = "o") -> Received:
+    """By NCCL (copy engines land the outputs in head order themselves, accel/copy_engine.py):
+    attention output of one head chunk [B, S*P, h, D] -> [P (head group), B, S, h, D], this
     rank's tokens; ``assemble_heads`` puts the chunks back in the model's head order."""
     world = dist.get_world_size(group)
     batch, seq, heads, dim = out.shape
     send = out.reshape(batch, world, seq // world, heads, dim).transpose(0, 1).contiguous()  # a view for batch 1
-    return _exchange(send, group, lambda received: received, copy_engine, kind)
+    return _exchange(send, group, lambda received: received, None, kind)
 
 
 def assemble_heads(chunks: list[Received]) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-from .all_to_all import assemble_heads, head_major, heads_to_sequence, sequence_to_heads
+from .all_to_all import all_tokens, assemble_heads, head_major, heads_to_sequence, sequence_to_heads
 
 
 def rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -133,12 +133,23 @@ class WanSelfAttnProcessor(WanAttnProcessor):
         def send(name: str):  # ``name`` + chunk index names the copy engine's receive buffer
             return lambda x, index: sequence_to_heads(x, group, f"{name}{index}", engine)
 
+        queries = (send("q"), lambda: self._query(attn, hidden_states, rotary_emb, rope))
+        keys = (send("k"), lambda: self._key(attn, hidden_states, rotary_emb, rope))
+        if engine is None:
+            return Exchanges(
+                inputs=((send("v"), lambda: head_major(self._value(attn, hidden_states), world, chunks)), queries, keys),
+                send_out=lambda out, index: heads_to_sequence(out, group, f"o{index}"),
+                assemble=assemble_heads, chunks=chunks)
+        # Copy engines move strided rows: v leaves straight from its projection and the outputs
+        # land in head order, with no layout copy on the SMs (accel/copy_engine.py).
+        first_head = torch.distributed.get_rank(group) * here
         return Exchanges(
-            inputs=((send("v"), lambda: head_major(self._value(attn, hidden_states), world, chunks)),
-                    (send("q"), lambda: self._query(attn, hidden_states, rotary_emb, rope)),
-                    (send("k"), lambda: self._key(attn, hidden_states, rotary_emb, rope))),
-            send_out=lambda out, index: heads_to_sequence(out, group, f"o{index}", engine),
-            assemble=assemble_heads, chunks=chunks)
+            inputs=((lambda x, index: engine.send_head_groups(f"v{index}", x, all_tokens),
+                     lambda: self._value(attn, hidden_states).unflatten(2, (world, chunks, -1)).unbind(3)),
+                    queries, keys),
+            send_out=lambda out, index: engine.send_sequence_parts("o", out, first_head + index * out.shape[2],
+                                                                   attn.heads),
+            assemble=lambda outs: [landed.wait() for landed in outs][-1], chunks=chunks)
 
     def _ulysses(self, attn, hidden_states, attention_mask, rotary_emb, cp_config) -> torch.Tensor:
         from cache_dit.attention import _dispatch_attention_fn

@@ -3,7 +3,7 @@
 Its transfers need CUDA peer memory (checked on GPUs by bench/parallel_check.py and
 bench/forward_profile.py); what must hold everywhere is the decision: one rank on copies and one
 on NCCL would wait for each other forever, so a rank that cannot map peer memory sends every
-rank to NCCL.
+rank to NCCL. On a GPU, the pitched copies are checked against torch's strided copy.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import types
 from datetime import timedelta
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -65,3 +66,22 @@ def test_ranks_choose_the_transport_together(mappable, expected):
     mp.start_processes(_rank, args=(_free_port(), mappable, queue), nprocs=2, start_method="spawn")
     results = sorted(queue.get() for _ in range(2))
     assert results == [(0, expected, expected), (1, expected, expected)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the copy engines' pitched copies need a CUDA GPU")
+@pytest.mark.parametrize("strided_source", [True, False], ids=["strided-rows-to-contiguous", "rows-to-pitched"])
+def test_rows_land_where_a_strided_copy_would_put_them(strided_source):
+    from accel.copy_engine import Piece, copy_rows
+
+    rows = torch.randn(7, 40, device="cuda", dtype=torch.bfloat16)
+    rows = rows[:, 8:24] if strided_source else rows[:, :16].contiguous()
+    piece = Piece(0, rows, offset=5, pitch=16 if strided_source else 30)
+    buffer = torch.zeros(300, device="cuda", dtype=torch.bfloat16)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        copy_rows(buffer, piece, stream)
+    torch.cuda.synchronize()
+    expected = torch.zeros_like(buffer)
+    expected.as_strided(tuple(rows.shape), (piece.pitch, 1), piece.offset).copy_(rows)
+    assert torch.equal(buffer, expected)
