@@ -61,14 +61,14 @@ def sequence_to_heads(x: torch.Tensor, group: dist.ProcessGroup, kind: str, copy
     return _exchange(x, group, all_tokens, copy_engine, kind)
 
 
-def heads_to_sequence(out: torch.Tensor, group: dist.ProcessGroup, kind: str = "o") -> Received:
+def heads_to_sequence(out: torch.Tensor, group: dist.ProcessGroup) -> Received:
     """By NCCL (copy engines land the outputs in head order themselves, accel/copy_engine.py):
     attention output of one head chunk [B, S*P, h, D] -> [P (head group), B, S, h, D], this
     rank's tokens; ``assemble_heads`` puts the chunks back in the model's head order."""
     world = dist.get_world_size(group)
     batch, seq, heads, dim = out.shape
     send = out.reshape(batch, world, seq // world, heads, dim).transpose(0, 1).contiguous()  # a view for batch 1
-    return _exchange(send, group, lambda received: received, None, kind)
+    return _exchange(send, group, lambda received: received, None, "o")
 
 
 def assemble_heads(chunks: list[Received]) -> torch.Tensor:

@@ -138,7 +138,7 @@ class WanSelfAttnProcessor(WanAttnProcessor):
         if engine is None:
             return Exchanges(
                 inputs=((send("v"), lambda: head_major(self._value(attn, hidden_states), world, chunks)), queries, keys),
-                send_out=lambda out, index: heads_to_sequence(out, group, f"o{index}"),
+                send_out=lambda out, index: heads_to_sequence(out, group),
                 assemble=assemble_heads, chunks=chunks)
         # Copy engines move strided rows: v leaves straight from its projection and the outputs
         # land in head order, with no layout copy on the SMs (accel/copy_engine.py).

@@ -135,8 +135,7 @@ def copy_rows(buffer: torch.Tensor, piece: Piece, stream: torch.cuda.Stream) -> 
     a kernel on the SMs for strided rows)."""
     rows = piece.rows
     height, width = rows.shape
-    contiguous_source = rows.is_contiguous()
-    if contiguous_source and (height == 1 or piece.pitch == width):
+    if rows.is_contiguous() and (height == 1 or piece.pitch == width):
         buffer[piece.offset:piece.offset + height * width].view(height, width).copy_(rows)
         return
     size = rows.element_size()

@@ -3,6 +3,7 @@ heads over all tokens, chunk by chunk, and gets back its own tokens with every h
 
 from __future__ import annotations
 
+import collections
 import types
 
 import pytest
@@ -12,40 +13,50 @@ import accel.all_to_all as all_to_all
 
 
 class SimulatedExchange:
-    """Stands in for the transport of all ranks at once: what rank r sends for ``kind`` is kept,
-    and what rank r receives is slice r of every rank's send, in rank order."""
+    """Stands in for the transport of all ranks at once. ``sender`` is the rank whose sends
+    follow; a rank's n-th send of a kind meets every other rank's n-th, and what rank r receives
+    is slice r of each of them, in rank order."""
 
-    def __init__(self, world: int):
-        self.world, self.sent, self.receiver = world, {}, 0
+    def __init__(self):
+        self.sent: dict[tuple, dict[int, torch.Tensor]] = {}
+        self.count: collections.Counter = collections.Counter()
+        self.sender = 0
 
     def send(self, kind, x, finish):
-        self.sent.setdefault(kind, []).append(x)
-        return types.SimpleNamespace(kind=kind, finish=finish)
+        key = (kind, self.count[(kind, self.sender)])
+        self.count[(kind, self.sender)] += 1
+        self.sent.setdefault(key, {})[self.sender] = x
+        return types.SimpleNamespace(key=key, finish=finish)
 
     def receive(self, handle, rank: int) -> torch.Tensor:
-        return handle.finish(torch.stack([sent[rank] for sent in self.sent[handle.kind]]))
+        sent = self.sent[handle.key]
+        return handle.finish(torch.stack([sent[sender][rank] for sender in sorted(sent)]))
 
 
 @pytest.mark.parametrize("world,chunks", [(2, 1), (2, 2), (4, 2), (2, 3)])
 def test_chunked_exchange_gives_each_rank_its_heads_and_returns_its_tokens(monkeypatch, world, chunks):
     batch, seq, heads, dim = 1, 3, world * chunks * 2, 4
     monkeypatch.setattr(all_to_all.dist, "get_world_size", lambda group: world)
-    exchange = SimulatedExchange(world)
+    exchange = SimulatedExchange()
     monkeypatch.setattr(all_to_all, "_exchange", lambda x, group, finish, engine, kind: exchange.send(kind, x, finish))
     full = torch.randn(batch, world * seq, heads, dim)
     shards = full.chunk(world, dim=1)
-    sent = [[all_to_all.sequence_to_heads(all_to_all.head_major(shard, world, chunks)[c], None, f"q{c}")
-             for c in range(chunks)] for shard in shards]
+    sent = []
+    for rank, shard in enumerate(shards):
+        exchange.sender = rank
+        sent.append([all_to_all.sequence_to_heads(all_to_all.head_major(shard, world, chunks)[c], None, f"q{c}")
+                     for c in range(chunks)])
     per_rank = heads // world
     width = per_rank // chunks
     outs = []
     for rank in range(world):
+        exchange.sender = rank
         rank_outs = []
         for c in range(chunks):
             received = exchange.receive(sent[rank][c], rank)  # [B, all tokens, this chunk's heads, D]
             first = rank * per_rank + c * width
             assert torch.equal(received, full[:, :, first:first + width])
-            rank_outs.append(all_to_all.heads_to_sequence(received, None, f"o{c}"))  # identity attention
+            rank_outs.append(all_to_all.heads_to_sequence(received, None))  # identity attention
         outs.append(rank_outs)
     for rank in range(world):
         landed = [types.SimpleNamespace(wait=lambda h=h, r=rank: exchange.receive(h, r)) for h in outs[rank]]
