@@ -210,7 +210,7 @@ def run_job(
     started = time.perf_counter()
     similarity = (patched_similarity(runtime.caches.manager, topology.sp_group) if runtime.patch_similarity
                   else contextlib.nullcontext())
-    with torch.no_grad(), similarity:
+    with torch.no_grad(), similarity, solve_without_sync():
         for step, t in enumerate(timesteps):
             if should_cancel is not None and should_cancel():
                 step_log.flush()  # every finished step is reported
@@ -245,8 +245,7 @@ def run_job(
             if guidance > 1.0:
                 uncond = preds["uncond"].float()
                 pred = uncond + guidance * (pred - uncond)
-            with solve_without_sync():
-                latents = scheduler.step(pred, scheduler.timesteps[step], latents, return_dict=False)[0]
+            latents = scheduler.step(pred, scheduler.timesteps[step], latents, return_dict=False)[0]
             local_step[expert] += 1
         step_log.flush()
     synchronize(device)
