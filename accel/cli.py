@@ -7,8 +7,16 @@ import contextlib
 import sys
 from pathlib import Path
 
-from .config import SCM_POLICIES, SCM_PRESETS, CacheSettings, EngineOptions, JobSettings, ModelSpec, SamplerSettings
 from .errors import UserInputError
+from .job.settings import (
+    SCM_POLICIES,
+    SCM_PRESETS,
+    CacheSettings,
+    EngineOptions,
+    JobSettings,
+    ModelSpec,
+    SamplerSettings,
+)
 from .logs import setup_logging
 
 
@@ -32,10 +40,10 @@ def _demo_parser(sub) -> None:
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .presets import load_preset
-    from .scm import build_scm
-    from .smoke import smoke_embeddings
-    from .trace import format_table, write_chart
+    from .diagnostics.render import format_table, write_chart
+    from .job.presets import load_preset
+    from .job.scm import build_scm
+    from .job.smoke import smoke_embeddings
 
     spec = ModelSpec(source="tiny-random", dtype="fp32")
     sampler = SamplerSettings(steps=args.steps, seed=args.seed)
@@ -72,7 +80,9 @@ def _progress(steps: int):
 
 
 def _run(spec, engine, settings, cond, uncond, latent, args):
-    from .sampler import Job, Runtime, run_job
+    from .job.job import Job
+    from .sampling.loop import run_job
+    from .sampling.runtime import Runtime
 
     job = Job(cond=cond, uncond=uncond, latent=latent, settings=settings)
     if args.ranks <= 1:

@@ -10,7 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .trace import StepRecord, Trace, format_table
+from .diagnostics.render import format_table
+from .diagnostics.trace import StepRecord, Trace
 
 
 class QueueError(RuntimeError):

@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from accel.config import EngineOptions, JobSettings, ModelSpec, QuantSettings, SamplerSettings  # noqa: E402
+from accel.job.settings import EngineOptions, JobSettings, ModelSpec, QuantSettings, SamplerSettings  # noqa: E402
 from accel.logs import setup_logging  # noqa: E402
-from accel.model import load_experts  # noqa: E402
+from accel.model.loading import load_experts  # noqa: E402
 from accel.parallel.group import WorkerGroup  # noqa: E402
 from accel.parallel.layout import ParallelLayout  # noqa: E402
-from accel.presets import load_preset  # noqa: E402
+from accel.job.presets import load_preset  # noqa: E402
 from bench.common import RESULTS, WARM_STEPS, device_name, relative_error, tokens, versions, video_job  # noqa: E402
 from bench.peer import enable_cachedit_own, masks_for, plain_loop  # noqa: E402
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from accel.config import JobSettings
-from accel.sampler import Job
-from accel.smoke import smoke_embeddings
+from accel.job.settings import JobSettings
+from accel.job.job import Job
+from accel.job.smoke import smoke_embeddings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Warm-up job length: from step 2 on UniPC's corrector solves a small system (torch.linalg.solve),

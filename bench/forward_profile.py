@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from accel.attention import rotary  # noqa: E402  (diffusers' apply_rotary_emb, unchanged)
-from accel.config import ModelSpec  # noqa: E402
-from accel.fused_block import fuse_block_ops  # noqa: E402
-from accel.model import load_experts  # noqa: E402
-from accel.profiling import device_kernels, timeline_of  # noqa: E402
+from accel.parallel.ulysses.processor import rotary  # noqa: E402  (diffusers' apply_rotary_emb, unchanged)
+from accel.job.settings import ModelSpec  # noqa: E402
+from accel.model.fused_block import fuse_block_ops  # noqa: E402
+from accel.model.loading import load_experts  # noqa: E402
+from accel.diagnostics.profiling import device_kernels, timeline_of  # noqa: E402
 from bench.common import RESULTS, device_name, markdown_table, versions  # noqa: E402
 
 SHAPES = {14040: (33, 480, 832), 32760: (81, 480, 832)}
@@ -155,7 +155,7 @@ def ulysses_rank(rank: int, world: int, port: int, repeats: int, shapes: list[in
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             device_id=device)
     mesh = build_mesh(ParallelLayout(ulysses=world, devices=tuple(range(world))), "cuda")
-    from accel.copy_engine import CopyEngineExchange
+    from accel.parallel.ulysses.copy_engine import CopyEngineExchange
 
     variants = [v for v in ULYSSES_VARIANTS if v.label in labels]
     experts = load_experts(ModelSpec(source="a14b-random", dtype="bf16"), device)

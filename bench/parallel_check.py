@@ -19,13 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from accel.config import CacheSettings, JobSettings, ModelSpec, SamplerSettings  # noqa: E402
+from accel.job.settings import CacheSettings, JobSettings, ModelSpec, SamplerSettings  # noqa: E402
 from accel.logs import setup_logging  # noqa: E402
-from accel.model import save_random_experts  # noqa: E402
+from accel.model.loading import save_random_experts  # noqa: E402
 from accel.parallel.group import WorkerGroup  # noqa: E402
 from accel.parallel.layout import ParallelLayout  # noqa: E402
-from accel.sampler import Runtime, run_job  # noqa: E402
-from accel.scm import build_scm  # noqa: E402
+from accel.sampling.loop import run_job  # noqa: E402
+from accel.sampling.runtime import Runtime  # noqa: E402
+from accel.job.scm import build_scm  # noqa: E402
 from bench.common import WARM_STEPS, device_name, markdown_table, relative_error, tokens, versions, video_job, write_results  # noqa: E402
 
 

@@ -8,12 +8,13 @@ import time
 
 import torch
 
-from accel.config import CacheSettings, ScmSettings
-from accel.latent import process_in, process_out
-from accel.model import DualExperts
-from accel.sampler import Job, synchronize
-from accel.schedule import expert_of_steps, make_scheduler
-from accel.scm import expert_masks
+from accel.job.settings import CacheSettings, ScmSettings
+from accel.model.latent import process_in, process_out
+from accel.model.loading import DualExperts
+from accel.job.job import Job
+from accel.sampling.loop import synchronize
+from accel.sampling.schedules import expert_of_steps, make_scheduler
+from accel.job.scm import expert_masks
 
 
 def plain_loop(experts: DualExperts, job: Job, device: torch.device) -> tuple[torch.Tensor, float]:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from accel.config import JobSettings, ModelSpec, SamplerSettings  # noqa: E402
+from accel.job.settings import JobSettings, ModelSpec, SamplerSettings  # noqa: E402
 from accel.logs import setup_logging  # noqa: E402
 from accel.parallel.group import WorkerGroup  # noqa: E402
 from accel.parallel.layout import ParallelLayout  # noqa: E402

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from ..accel.config import HIGH_DEFAULT, LOW_DEFAULT, CacheSettings, EngineOptions, ExpertCacheConfig
-from ..accel.presets import Preset, list_presets, load_preset
+from ..accel.job.presets import Preset, list_presets, load_preset
+from ..accel.job.settings import (
+    HIGH_DEFAULT,
+    LOW_DEFAULT,
+    CacheSettings,
+    EngineOptions,
+    ExpertCacheConfig,
+)
 from .handles import CACHE_CONFIG, CATEGORY, validation_result
 
 CUSTOM = "custom (the settings below)"

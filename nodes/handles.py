@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..accel.config import ModelSpec
 from ..accel.errors import UserInputError
+from ..accel.job.settings import ModelSpec
 
 MODEL = "WAN_DUAL_MODEL"
 CACHE_CONFIG = "CACHEDIT_CONFIG"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..accel.config import DTYPES, ModelSpec
 from ..accel.errors import UserInputError
-from ..accel.model import model_config_for
+from ..accel.job.settings import DTYPES, ModelSpec
+from ..accel.model.files import model_config_for
 from . import comfy
 from .handles import CATEGORY, MODEL, ModelHandle, validation_result
 

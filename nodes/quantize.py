@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..accel.config import DEFAULT_QUANT_EXCLUDES, QUANT_TYPES, QuantSettings
+from ..accel.job.settings import DEFAULT_QUANT_EXCLUDES, QUANT_TYPES, QuantSettings
 from .handles import CATEGORY, QUANT, validation_result
 
 

@@ -7,12 +7,18 @@ import logging
 
 import torch
 
-from ..accel.config import ATTENTION_BACKENDS, SCHEDULERS, EngineOptions, JobSettings, SamplerSettings
+from ..accel.diagnostics.render import format_table
 from ..accel.errors import JobCancelled, UserInputError
+from ..accel.job.job import Job, check_job
+from ..accel.job.settings import (
+    ATTENTION_BACKENDS,
+    SCHEDULERS,
+    EngineOptions,
+    JobSettings,
+    SamplerSettings,
+)
 from ..accel.parallel.layout import ParallelLayout
 from ..accel.parallel.registry import REGISTRY
-from ..accel.sampler import Job, check_job
-from ..accel.trace import format_table
 from . import comfy
 from .handles import CACHE_CONFIG, CATEGORY, MODEL, QUANT, SCM_MASK, validation_result
 from .routes import STORE

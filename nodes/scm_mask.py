@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..accel.config import SCM_POLICIES, SCM_PRESETS, ScmSettings
 from ..accel.errors import UserInputError
-from ..accel.scm import build_scm
+from ..accel.job.scm import build_scm
+from ..accel.job.settings import SCM_POLICIES, SCM_PRESETS, ScmSettings
 from .handles import CATEGORY, SCM_MASK, validation_result
 
 CUSTOM = "custom bins"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..accel.model import model_config_for
-from ..accel.smoke import smoke_embeddings
+from ..accel.job.smoke import smoke_embeddings
+from ..accel.model.files import model_config_for
 from .handles import CATEGORY, MODEL
 
 

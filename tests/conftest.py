@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from accel.logs import setup_logging
-from accel.sampler import Runtime
+from accel.sampling.runtime import Runtime
 from helpers import TINY
 
 setup_logging()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from accel.config import JobSettings, ModelSpec, SamplerSettings
-from accel.sampler import Job
-from accel.smoke import smoke_embeddings
+from accel.job.settings import JobSettings, ModelSpec, SamplerSettings
+from accel.job.job import Job
+from accel.job.smoke import smoke_embeddings
 
 TINY = ModelSpec(source="tiny-random", dtype="fp32")
 

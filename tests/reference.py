@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from accel.latent import process_in, process_out
-from accel.model import load_experts
-from accel.schedule import expert_of_steps, make_scheduler
-from accel.sampler import Job
+from accel.model.latent import process_in, process_out
+from accel.model.loading import load_experts
+from accel.sampling.schedules import expert_of_steps, make_scheduler
+from accel.job.job import Job
 
 
 def plain_sample(spec, job: Job) -> torch.Tensor:

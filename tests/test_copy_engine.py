@@ -28,24 +28,18 @@ class FakeExchange:
         return None
 
 
-def _blocks():
-    from accel.attention import WanSelfAttnProcessor, rotary, rotary_head_major
-
-    block = types.SimpleNamespace(attn1=types.SimpleNamespace(processor=WanSelfAttnProcessor(rotary, rotary_head_major)))
-    return types.SimpleNamespace(blocks=[block, block])
-
-
 def _rank(rank: int, port: int, mappable: list[bool], queue) -> None:
     import torch
 
-    import accel.copy_engine as copy_engine
+    import accel.parallel.ulysses.copy_engine as copy_engine
+    from accel.parallel.ulysses.processor import UlyssesSelfAttention
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     if mappable[rank]:
         copy_engine.CopyEngineExchange = FakeExchange
-    module = _blocks()
-    exchange = copy_engine.attach_copy_engine([module], dist.group.WORLD, torch.device("cpu"), timedelta(seconds=30))
-    queue.put((rank, exchange is not None, module.blocks[0].attn1.processor.copy_engine is not None))
+    exchange = copy_engine.copy_engine_for(dist.group.WORLD, torch.device("cpu"), timedelta(seconds=30))
+    attention = UlyssesSelfAttention(dist.group.WORLD, copy_engine=exchange)
+    queue.put((rank, exchange is not None, attention.copies is not None))
     dist.destroy_process_group()
 
 
@@ -71,7 +65,7 @@ def test_ranks_choose_the_transport_together(mappable, expected):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the copy engines' pitched copies need a CUDA GPU")
 @pytest.mark.parametrize("strided_source", [True, False], ids=["strided-rows-to-contiguous", "rows-to-pitched"])
 def test_rows_land_where_a_strided_copy_would_put_them(strided_source):
-    from accel.copy_engine import Piece, copy_rows
+    from accel.parallel.ulysses.copy_engine import Piece, copy_rows
 
     rows = torch.randn(7, 40, device="cuda", dtype=torch.bfloat16)
     rows = rows[:, 8:24] if strided_source else rows[:, :16].contiguous()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from accel.config import CacheSettings, EngineOptions, JobSettings, SamplerSettings
-from accel.sampler import Runtime, run_job
-from accel.scm import build_scm
+from accel.job.settings import CacheSettings, EngineOptions, JobSettings, SamplerSettings
+from accel.sampling.loop import run_job
+from accel.sampling.runtime import Runtime
+from accel.job.scm import build_scm
 
 from helpers import TINY, tiny_job
 

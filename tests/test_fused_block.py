@@ -9,13 +9,14 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
-from accel import engine
-from accel.config import EngineOptions
-from accel.engine import check_engine, compile_block_ops
+from accel.model import engine_check
+from accel.job.settings import EngineOptions
+from accel.model.engine import compile_block_ops
+from accel.model.engine_check import check_engine
 from accel.errors import UserInputError
-from accel.fused_block import fuse_block_ops
-from accel.model import load_experts
-from accel.sampler import Runtime
+from accel.model.fused_block import fuse_block_ops
+from accel.model.loading import load_experts
+from accel.sampling.runtime import Runtime
 from helpers import TINY
 
 
@@ -63,12 +64,12 @@ def test_fusing_touches_only_the_loaded_runtime_not_diffusers():
 
 def test_without_triton_gpu_blocks_run_unfused_and_compile_is_refused(monkeypatch, caplog):
     cuda = torch.device("cuda")
-    monkeypatch.setattr(engine, "triton_available", lambda: False)
+    monkeypatch.setattr(engine_check, "triton_available", lambda: False)
     assert not compile_block_ops(EngineOptions(), cuda)
     assert "Triton not found" in caplog.text and "triton-windows" in caplog.text
     with pytest.raises(UserInputError, match="torch.compile on a GPU needs Triton"):
         check_engine(EngineOptions(compile=True), TINY, cuda)
-    monkeypatch.setattr(engine, "triton_available", lambda: True)
+    monkeypatch.setattr(engine_check, "triton_available", lambda: True)
     assert compile_block_ops(EngineOptions(), cuda)
     assert not compile_block_ops(EngineOptions(compile=True), cuda)  # whole-block compile fuses them
     assert not compile_block_ops(EngineOptions(), torch.device("cpu"))

@@ -6,11 +6,12 @@ import pytest
 import torch
 import yaml
 
-from accel.config import CacheSettings, EngineOptions, JobSettings, ModelSpec, QuantSettings, SamplerSettings
-from accel.engine import check_engine
+from accel.job.settings import CacheSettings, EngineOptions, JobSettings, ModelSpec, QuantSettings, SamplerSettings
+from accel.model.engine_check import check_engine
 from accel.errors import UserInputError
-from accel.presets import list_presets, load_preset, preset_to_dict
-from accel.sampler import Runtime, run_job
+from accel.job.presets import list_presets, load_preset, preset_to_dict
+from accel.sampling.loop import run_job
+from accel.sampling.runtime import Runtime
 
 from helpers import TINY, tiny_job
 
@@ -132,8 +133,8 @@ def test_unknown_quant_type_lists_the_known_ones():
 
 def test_per_row_fp8_gets_bf16_linears_only():
     """cache-dit's float8_per_row asserts every Linear is bf16; diffusers keeps the time embedder in fp32."""
-    from accel.engine import _bf16_for_per_row
-    from accel.model import load_experts
+    from accel.model.engine import _bf16_for_per_row
+    from accel.model.loading import load_experts
 
     module = load_experts(ModelSpec(dtype="bf16")).high
     assert module.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32

@@ -8,7 +8,7 @@ import pytest
 
 from accel.parallel.group import WorkerGroup
 from accel.parallel.layout import ParallelLayout
-from accel.profiling import cpu_waits_recorded, timeline_of
+from accel.diagnostics.profiling import cpu_waits_recorded, timeline_of
 
 from helpers import TINY, tiny_job
 

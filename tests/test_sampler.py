@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from accel.config import CacheSettings, ExpertCacheConfig, JobSettings, SamplerSettings
+from accel.job.settings import CacheSettings, ExpertCacheConfig, JobSettings, SamplerSettings
 from accel.errors import UserInputError
-from accel.sampler import run_job
-from accel.schedule import plan_experts
-from accel.scm import build_scm
+from accel.sampling.loop import run_job
+from accel.sampling.schedules import plan_experts
+from accel.job.scm import build_scm
 
 from helpers import TINY, tiny_job
 from reference import plain_sample
@@ -122,7 +122,7 @@ def test_two_identical_cached_jobs_in_a_row_are_identical(runtime):
 
 def test_settings_of_one_job_do_not_leak_into_the_next(runtime):
     """cache-dit's refresh_context keeps an old SCM mask when the new config has none."""
-    from accel.sampler import Runtime
+    from accel.sampling.runtime import Runtime
 
     without_mask = tiny_job(settings(steps=20))
     run_job(runtime, tiny_job(settings(steps=20, preset="ultra", policy="static")))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from accel.config import SamplerSettings
-from accel.schedule import make_scheduler, solve_without_sync
+from accel.job.settings import SamplerSettings
+from accel.sampling.schedules import make_scheduler, solve_without_sync
 
 
 def unipc_steps(patched: bool, steps: int = 6) -> torch.Tensor:

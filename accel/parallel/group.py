@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from ..config import EngineOptions, ModelSpec
-from ..engine import check_engine
+from ..diagnostics.trace import StepRecord, Trace
 from ..errors import JobCancelled, UserInputError, WorkerGroupError
-from ..model import model_config_for
-from ..sampler import Job, JobResult, validate_for_model
-from ..trace import StepRecord, Trace
+from ..job.job import Job, JobResult, validate_for_model
+from ..job.settings import EngineOptions, ModelSpec
+from ..model.engine_check import check_engine
+from ..model.files import model_config_for
 from .channel import Message, listen, receive, send
-from .launch import free_port, start_worker
+from .launch import free_port, start_worker, visible_devices, worker_python
 from .layout import ParallelLayout
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,9 @@ class WorkerGroup:
         self.start_timeout_s = start_timeout_s
         self.collective_timeout_s = collective_timeout_s
         self.cancel_grace_s = cancel_grace_s
+        self.python = worker_python()
         self.procs: list[subprocess.Popen] = []
         self.conn = None
-        self.ready: dict = {}
         self.log_dir = Path(tempfile.mkdtemp(prefix="cachedit-workers-"))
         self._cancel = threading.Event()
         self._closed = False
@@ -71,11 +71,25 @@ class WorkerGroup:
     def check(self) -> None:
         """What can be refused without starting anything: layout against the model, engine against the GPU."""
         self.layout.check_model(self.model_config["num_attention_heads"])
+        if self.layout.devices is not None:
+            visible_devices(self.layout.devices)
         device = torch.device("cuda", self.layout.devices[0]) if self.layout.devices else None
         check_engine(self.engine, self.spec, device)
 
     def start(self) -> "WorkerGroup":
         self.check()
+        try:
+            self._launch()
+            message = self._wait_message(time.monotonic() + self.start_timeout_s, "loading the model")
+            if message.kind != "ready":
+                self._fail_with(message)
+        except BaseException:
+            self.close()  # e.g. a file the workers found damaged: no worker is left behind
+            raise
+        log.info("worker group ready: %s on %s", self.layout, self.spec.source)
+        return self
+
+    def _launch(self) -> None:
         listener, key = listen()
         try:
             config = dict(
@@ -86,16 +100,10 @@ class WorkerGroup:
             )
             for rank in range(self.layout.world):
                 self.procs.append(start_worker({**config, "rank": rank}, key, self.layout.devices,
-                                               self.log_dir / f"rank{rank}.log", self.compile_cache_dir))
+                                               self.log_dir / f"rank{rank}.log", self.compile_cache_dir, self.python))
             self.conn = self._accept(listener)
         finally:
             listener.close()
-        message = self._wait_message(time.monotonic() + self.start_timeout_s, "loading the model")
-        if message.kind != "ready":
-            self._fail_with(message)
-        self.ready = message.payload
-        log.info("worker group ready: %s on %s", self.layout, self.spec.source)
-        return self
 
     def _accept(self, listener):
         accepted: list = []

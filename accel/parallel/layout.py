@@ -12,7 +12,6 @@ class ParallelLayout:
     ulysses: int = 1
     cfg: int = 1  # 2: cond and uncond on different sequence-parallel groups
     devices: tuple[int, ...] | None = None  # GPU indices; None: CPU ranks on gloo
-    world_similarity: bool = False  # tests only: keep cache-dit's unpatched world-group similarity
 
     def __post_init__(self) -> None:
         if self.ulysses < 1:

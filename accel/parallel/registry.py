@@ -10,7 +10,7 @@ import atexit
 import threading
 from pathlib import Path
 
-from ..config import EngineOptions, ModelSpec
+from ..job.settings import EngineOptions, ModelSpec
 from .group import WorkerGroup
 from .layout import ParallelLayout
 

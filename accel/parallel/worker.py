@@ -20,17 +20,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..attention import self_attention_processors
-from ..config import EngineOptions, JobSettings, ModelSpec
-from ..copy_engine import attach_copy_engine
+from ..diagnostics.profiling import profiled
 from ..errors import JobCancelled, UserInputError
+from ..job.job import Job
+from ..job.settings import EngineOptions, JobSettings, ModelSpec
 from ..logs import setup_logging
-from ..profiling import profiled
-from ..sampler import Job, Runtime, run_job
+from ..sampling.loop import run_job
+from ..sampling.runtime import Runtime
+from ..sampling.topology import GroupTopology
 from .channel import Message, connect, receive, send
 from .layout import ParallelLayout
-from .mesh import build_mesh, enable_ulysses
-from .topology import GroupTopology
+from .mesh import build_mesh
+from .ulysses.enable import enable_ulysses
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +91,11 @@ class Worker:
         def parallelize(experts) -> None:
             self.layout.check_model(experts.config["num_attention_heads"])
             if self.layout.ulysses > 1:
-                for module in (experts.high, experts.low):
-                    self.cp_configs.append(enable_ulysses(module, mesh, self.layout.ulysses,
-                                                          engine.ulysses_async, engine.ulysses_float8))
-                for processor in self_attention_processors((experts.high, experts.low)):
-                    processor.head_chunks = engine.ulysses_head_chunks
-                if engine.ulysses_copy_engine and self.device.type == "cuda":
-                    attach_copy_engine((experts.high, experts.low), mesh.group("ulysses"), self.device,
-                                       timedelta(seconds=config.collective_timeout_s))
+                self.cp_configs = enable_ulysses(experts, mesh, self.layout.ulysses, engine, self.device,
+                                                 timedelta(seconds=config.collective_timeout_s))
 
-        self.runtime = Runtime.load(self.spec, self.device, engine, parallelize)
-        self.runtime.topology = GroupTopology(self.layout, mesh, self.control)
-        self.runtime.patch_similarity = not self.layout.world_similarity
+        self.runtime = Runtime.load(self.spec, self.device, engine, parallelize,
+                                    GroupTopology(self.layout, mesh, self.control))
         self.loaded_at = time.time()
         self.jobs = 0
 
@@ -136,7 +130,7 @@ class Worker:
 
     def serve(self) -> None:
         if self.rank == 0:
-            send(self.conn, Message("ready", {"pid": os.getpid(), "loaded_at": self.loaded_at}))
+            send(self.conn, Message("ready"))
         while True:
             message = self._broadcast(receive(self.conn) if self.rank == 0 else None)
             if message.kind == "shutdown":

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 EXPERTS = ("high", "low")
 BRANCHES = ("cond", "uncond")

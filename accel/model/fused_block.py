@@ -5,7 +5,7 @@ diffusers' ``WanTransformerBlock.forward`` writes each of those lines as a chain
 ``type_as``): about 20 full passes over the [tokens, 5120] activation per block in eager mode,
 the eager gap to ComfyUI's WanModel (see bench/results/*-findings.md). The replacement below
 runs the same math in the same order through three helpers that torch.compile turns into one
-kernel each on CUDA; the self-attention gets the processor of accel/attention.py (rotary
+kernel each on CUDA; the self-attention gets the processor of attention.py (rotary
 embedding fused the same way). Both are bound per block instance (the library's classes are
 untouched: the benchmark's plain diffusers baseline and anything else in the process keep
 diffusers' code).
@@ -20,7 +20,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .attention import WanSelfAttnProcessor, rotary, rotary_head_major
+from ..parallel.ulysses.head_major import rotary_head_major
+from .attention import WanSelfAttnProcessor
+from .rotary import rotary
 
 
 def modulated_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:

@@ -31,7 +31,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .all_to_all import Received
+from .head_major import Received
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +185,10 @@ class Landed(Received):
         return self.finish(self.tensor)
 
 
-def attach_copy_engine(modules, group: dist.ProcessGroup, device: torch.device,
-                       timeout: timedelta) -> CopyEngineExchange | None:
-    """Give the pack's self-attention processors of ``modules`` one shared exchange, if every
-    rank of ``group`` can map its peers' memory; otherwise (no P2P between these GPUs, no
-    symmetric memory in this PyTorch) they keep NCCL's all-to-all. The ranks decide together:
-    one rank on copies and one on NCCL would wait for each other forever."""
-    from .attention import self_attention_processors
-
+def copy_engine_for(group: dist.ProcessGroup, device: torch.device, timeout: timedelta) -> CopyEngineExchange | None:
+    """An exchange over ``group`` if every rank of it can map its peers' memory; otherwise (no P2P
+    between these GPUs, no symmetric memory in this PyTorch) None: NCCL's all-to-all. The ranks
+    decide together: one rank on copies and one on NCCL would wait for each other forever."""
     exchange, error = None, None
     try:
         exchange = CopyEngineExchange(group, device, timeout)
@@ -204,6 +200,4 @@ def attach_copy_engine(modules, group: dist.ProcessGroup, device: torch.device,
     if not usable.item():
         log.warning("Ulysses all-to-all through NCCL: copy engines unavailable (%s)", error or "on another rank")
         return None
-    for processor in self_attention_processors(modules):
-        processor.copy_engine = exchange
     return exchange

@@ -1,13 +1,45 @@
-"""How one rank of a worker group takes part in a step: its CFG branch, its SP group."""
+"""Where the branches of a step run and how their results meet: one process, or one rank of a
+worker group (its CFG branch, its sequence-parallel group)."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 
-from ..trace import StepRecord
-from .layout import ParallelLayout
-from .mesh import Mesh
+from ..diagnostics.trace import StepRecord
+from ..parallel.layout import ParallelLayout
+from ..parallel.mesh import Mesh
+
+
+class Topology(Protocol):
+    """Where the branches of a step run and how their results meet."""
+
+    cfg_parallel: bool
+    sp_group: object | None
+
+    def branches_here(self, branches: list[str]) -> list[str]: ...
+
+    def exchange(self, preds: dict[str, torch.Tensor], branches: list[str]) -> dict[str, torch.Tensor]: ...
+
+    def gather_records(self, records: list[StepRecord]) -> list[StepRecord]: ...
+
+
+class LocalTopology:
+    """One process runs every branch."""
+
+    cfg_parallel = False
+    sp_group = None
+
+    def branches_here(self, branches: list[str]) -> list[str]:
+        return branches
+
+    def exchange(self, preds: dict[str, torch.Tensor], branches: list[str]) -> dict[str, torch.Tensor]:
+        return preds
+
+    def gather_records(self, records: list[StepRecord]) -> list[StepRecord]:
+        return records
 
 
 class GroupTopology:
@@ -15,7 +47,7 @@ class GroupTopology:
         self.cfg_parallel = layout.cfg > 1
         self.cfg_rank = mesh.cfg_rank
         self.cfg_group = mesh.group("cfg") if self.cfg_parallel else None
-        # The similarity patch reduces over this group; None with the unpatched world similarity.
+        # The similarity patch reduces over this group.
         self.sp_group = mesh.group("ulysses")
         self.control = control_group
         self.rank = dist.get_rank()

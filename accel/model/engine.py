@@ -1,30 +1,20 @@
 """Quantization (cache-dit / torchao), attention backend and torch.compile on the loaded experts.
 
 Order, as cache-dit applies them: cache hooks, then parallelism, then quantization, then
-compile. Requirements are checked before any weights are loaded (``check_engine``).
+compile. Requirements are checked before any weights are loaded (``engine_check.py``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 import torch
 
-from .config import ATTENTION_BACKENDS, EngineOptions, ModelSpec
-from .errors import UserInputError
-from .model import DualExperts
+from ..job.settings import ATTENTION_BACKENDS, EngineOptions
+from . import engine_check
+from .loading import DualExperts
 
 log = logging.getLogger(__name__)
-
-FP8_MIN_CAPABILITY = (8, 9)
-TRITON_HINT = "install Triton (it comes with torch's CUDA wheels on Linux; on Windows: pip install triton-windows)"
-
-
-def triton_available() -> bool:
-    from torch.utils._triton import has_triton
-
-    return has_triton()
 
 
 def compile_block_ops(engine: EngineOptions, device: torch.device) -> bool:
@@ -32,40 +22,11 @@ def compile_block_ops(engine: EngineOptions, device: torch.device) -> bool:
     whole-block compile (which fuses them itself) is on. Without Triton they run op by op."""
     if device.type != "cuda" or engine.compile:
         return False
-    if not triton_available():
+    if not engine_check.triton_available():
         log.warning("Triton not found: the blocks' element-wise ops run unfused, about 20%% slower per "
-                    "forward; %s", TRITON_HINT)
+                    "forward; %s", engine_check.TRITON_HINT)
         return False
     return True
-
-
-def check_engine(engine: EngineOptions, spec: ModelSpec, device: torch.device | None) -> None:
-    """Refuse what cannot run, with the reason, before any work starts."""
-    if engine.compile and device is not None and device.type == "cuda" and not triton_available():
-        raise UserInputError(f"torch.compile on a GPU needs Triton, which this environment lacks: {TRITON_HINT}, "
-                             "or turn compile off")
-    if engine.quantize is not None:
-        kind = engine.quantize.quant_type
-        if device is None or device.type != "cuda":
-            raise UserInputError(
-                f"{kind} quantization needs a CUDA GPU; this run is on the CPU. Drop the quantization "
-                "(FP8 Quantize node, preset's quantize_config) or run on GPUs"
-            )
-        if kind.startswith("float8"):
-            capability = torch.cuda.get_device_capability(device)
-            if capability < FP8_MIN_CAPABILITY:
-                raise UserInputError(
-                    f"{kind} needs a GPU of compute capability 8.9 or higher (Ada, Hopper, Blackwell); "
-                    f"{torch.cuda.get_device_name(device)} is {capability[0]}.{capability[1]}. Use int8_weight_only"
-                )
-            if spec.dtype != "bf16":
-                raise UserInputError(f"{kind} needs bf16 weights; the loader is set to {spec.dtype}")
-    package = ATTENTION_BACKENDS[engine.attention_backend][1]
-    if package is not None and importlib.util.find_spec(package) is None:
-        raise UserInputError(
-            f"attention backend {engine.attention_backend!r} needs the Python package {package!r}, "
-            "which is not installed in this environment"
-        )
 
 
 def set_attention_backend(experts: DualExperts, engine: EngineOptions) -> None:

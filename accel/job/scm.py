@@ -1,11 +1,13 @@
-"""SCM step masks: built with cache-dit's ``steps_mask``, split between the two experts."""
+"""SCM step masks: built with cache-dit's ``steps_mask`` (ported: accel/job/steps_mask.py, so this
+host-safe module never imports cache-dit), rescaled to another step count, split between the experts."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .config import SCM_PRESETS, ScmSettings
-from .errors import UserInputError
+from ..errors import UserInputError
+from .settings import SCM_PRESETS, ScmSettings
+from .steps_mask import steps_mask
 
 
 def build_scm(
@@ -16,8 +18,6 @@ def build_scm(
     policy: str = "dynamic",
 ) -> ScmSettings:
     """A mask of exactly ``steps`` bits from a preset or from explicit compute/cache bins."""
-    import cache_dit
-
     if compute_bins or cache_bins:
         if not (compute_bins and cache_bins):
             raise UserInputError("SCM bins need both compute_bins and cache_bins")
@@ -31,15 +31,39 @@ def build_scm(
         covered = sum(compute_bins) + sum(cache_bins)
         if covered != steps:
             raise UserInputError(f"SCM bins cover {covered} steps but the sampler runs {steps} steps")
-        mask = cache_dit.steps_mask(compute_bins=list(compute_bins), cache_bins=list(cache_bins), total_steps=steps)
+        mask = steps_mask(compute_bins=list(compute_bins), cache_bins=list(cache_bins), total_steps=steps)
     else:
         if preset not in SCM_PRESETS:
             raise UserInputError(f"SCM preset {preset!r} is unknown; expected one of {SCM_PRESETS}")
         try:
-            mask = cache_dit.steps_mask(total_steps=steps, mask_policy=preset)
+            mask = steps_mask(total_steps=steps, mask_policy=preset)
         except AssertionError as error:  # cache-dit defines its presets for 4, 6 or >= 8 steps
             raise UserInputError(f"SCM preset {preset!r} at {steps} steps: {error}") from error
     return ScmSettings(mask=tuple(int(b) for b in mask[:steps]), policy=policy)
+
+
+def rescale_mask(mask: Sequence[int], steps: int) -> tuple[int, ...]:
+    """An explicit 0/1 mask of ``len(mask)`` (reference) steps resampled to ``steps`` steps.
+
+    At the reference length the mask is returned as it is. Otherwise step ``i`` of ``steps`` takes
+    the bit of the nearest reference step on a grid whose first and last steps line up:
+    ``round(i * (len(mask) - 1) / (steps - 1))``, halves rounded up (one step: the last reference
+    step); then the last step is set to compute, as cache-dit's own masks always end. Longer runs
+    repeat bits, shorter ones drop some, so the computed fraction is kept roughly, not exactly.
+    """
+    reference = len(mask)
+    if reference < 1:
+        raise UserInputError("SCM mask must be a non-empty sequence of 0 and 1")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserInputError(f"an SCM mask needs a step count >= 1, got {steps!r}")
+    if steps == reference:
+        return tuple(int(b) for b in mask)
+    if steps == 1:
+        return (1,)
+    span, last = reference - 1, steps - 1
+    bits = [int(mask[(2 * i * span + last) // (2 * last)]) for i in range(steps)]
+    bits[-1] = 1
+    return tuple(bits)
 
 
 def check_mask_length(scm: ScmSettings, steps: int) -> None:

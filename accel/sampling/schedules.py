@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .config import SamplerSettings
+from ..job.settings import SamplerSettings
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -47,9 +47,8 @@ def solve_without_sync() -> Iterator[None]:
     matrix, so the CPU waits there for the step's forwards to end and the GPU then idles while
     the CPU issues the next step's first kernels (bench/results/*-step-gaps.md). ``solve_ex``
     runs the same kernels and returns the same solution without that copy; the system is never
-    singular (distinct sigmas). Patched while a job's steps run (diffusers calls
-    ``torch.linalg.solve`` itself; nothing else in a forward solves, and a worker runs one job at a
-    time)."""
+    singular (distinct sigmas). Patched only around ``scheduler.step`` (diffusers calls
+    ``torch.linalg.solve`` itself there), so nothing else in the process sees it."""
     solve = torch.linalg.solve
     torch.linalg.solve = _solve_unchecked
     try:

@@ -2,106 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
-from .cache import ExpertCaches, ExpertPlan
-from .config import EXPERTS, EngineOptions, JobSettings
-from .engine import check_engine, compile_block_ops, compile_seconds, quantize_and_compile, set_attention_backend
-from .errors import JobCancelled
-from .fused_block import fuse_block_ops
-from .latent import process_in, process_out
-from .model import DualExperts, load_experts, model_config_for
-from .schedule import expert_of_steps, make_scheduler, place_on, solve_without_sync
-from .scm import expert_masks
-from .similarity import patched_similarity
-from .trace import StepRecord, Trace
-from .validate import validate_job
+from ..caching.contexts import ExpertPlan
+from ..caching.similarity import patched_similarity
+from ..diagnostics.trace import StepRecord, Trace
+from ..errors import JobCancelled
+from ..job.job import Job, JobResult, validate_for_model
+from ..job.scm import expert_masks
+from ..job.settings import EXPERTS
+from ..model.engine import compile_seconds
+from ..model.latent import process_in, process_out
+from .runtime import Runtime
+from .schedules import expert_of_steps, make_scheduler, place_on, solve_without_sync
+from .topology import Topology
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Job:
-    cond: torch.Tensor  # [B, L, text_dim]
-    uncond: torch.Tensor | None
-    latent: torch.Tensor  # [B, 16, T, H/8, W/8], ComfyUI's un-normalised Wan2.1 space
-    settings: JobSettings
-
-
-@dataclass
-class JobResult:
-    latent: torch.Tensor
-    trace: Trace
-
-
-class Topology(Protocol):
-    """Where the branches of a step run and how their results meet."""
-
-    cfg_parallel: bool
-    sp_group: object | None
-
-    def branches_here(self, branches: list[str]) -> list[str]: ...
-
-    def exchange(self, preds: dict[str, torch.Tensor], branches: list[str]) -> dict[str, torch.Tensor]: ...
-
-    def gather_records(self, records: list[StepRecord]) -> list[StepRecord]: ...
-
-
-class LocalTopology:
-    """One process runs every branch."""
-
-    cfg_parallel = False
-    sp_group = None
-
-    def branches_here(self, branches: list[str]) -> list[str]:
-        return branches
-
-    def exchange(self, preds: dict[str, torch.Tensor], branches: list[str]) -> dict[str, torch.Tensor]:
-        return preds
-
-    def gather_records(self, records: list[StepRecord]) -> list[StepRecord]:
-        return records
-
-
-class Runtime:
-    """A loaded model with its cache hooks: what a warm worker keeps between jobs."""
-
-    def __init__(self, experts: DualExperts, device: torch.device, topology: Topology | None = None):
-        self.experts = experts
-        self.device = device
-        self.topology = topology or LocalTopology()
-        self.caches = ExpertCaches(experts)
-        # False only in tests that show what cache-dit's unpatched world-group similarity does.
-        self.patch_similarity = True
-        self.engine = EngineOptions()
-
-    @classmethod
-    def load(cls, spec, device: torch.device | str = "cpu", engine: EngineOptions | None = None,
-             parallelize: Callable[[DualExperts], None] | None = None) -> "Runtime":
-        """Load the experts, fuse their blocks' elementwise ops, attach cache hooks, then (in
-        cache-dit's order) parallelism, attention backend, quantization and compile."""
-        device = torch.device(device)
-        engine = engine or EngineOptions()
-        check_engine(engine, spec, device)
-        experts = load_experts(spec, device)
-        compiled = compile_block_ops(engine, device)
-        for module in (experts.high, experts.low):  # before any hook wraps a block's forward
-            fuse_block_ops(module, compiled=compiled)
-        runtime = cls(experts, device)
-        if parallelize is not None:
-            parallelize(runtime.experts)
-        set_attention_backend(runtime.experts, engine)
-        quantize_and_compile(runtime.experts, engine)
-        runtime.engine = engine
-        return runtime
 
 
 def expert_forward(module: torch.nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
@@ -208,9 +129,7 @@ def run_job(
     stopwatch = Stopwatch(device)
     step_log = StepLog(stopwatch, topology, trace, on_step)
     started = time.perf_counter()
-    similarity = (patched_similarity(runtime.caches.manager, topology.sp_group) if runtime.patch_similarity
-                  else contextlib.nullcontext())
-    with torch.no_grad(), similarity, solve_without_sync():
+    with torch.no_grad(), patched_similarity(runtime.caches.manager, topology.sp_group):
         for step, t in enumerate(timesteps):
             if should_cancel is not None and should_cancel():
                 step_log.flush()  # every finished step is reported
@@ -245,7 +164,8 @@ def run_job(
             if guidance > 1.0:
                 uncond = preds["uncond"].float()
                 pred = uncond + guidance * (pred - uncond)
-            latents = scheduler.step(pred, scheduler.timesteps[step], latents, return_dict=False)[0]
+            with solve_without_sync():
+                latents = scheduler.step(pred, scheduler.timesteps[step], latents, return_dict=False)[0]
             local_step[expert] += 1
         step_log.flush()
     synchronize(device)
@@ -254,13 +174,3 @@ def run_job(
     if device.type == "cuda":
         trace.info["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     return JobResult(latent=process_out(latents.float()).cpu(), trace=trace)
-
-
-def validate_for_model(job: Job, model_config: dict) -> None:
-    validate_job(job.settings, model_config, tuple(job.latent.shape), tuple(job.cond.shape),
-                 None if job.uncond is None else tuple(job.uncond.shape))
-
-
-def check_job(spec, job: Job) -> None:
-    """Validate a job against a model spec without loading weights (host side)."""
-    validate_for_model(job, model_config_for(spec))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .config import EXPERTS, JobSettings
-from .errors import UserInputError
-from .latent import LATENT_CHANNELS
+from ..errors import UserInputError
+from ..model.latent import LATENT_CHANNELS
 from .scm import check_mask_length
+from .settings import EXPERTS, JobSettings
 
 
 def validate_job(

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import EXPERTS, ExpertCacheConfig
-from .model import DualExperts
+from ..job.settings import EXPERTS, ExpertCacheConfig
+from ..model.loading import DualExperts
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Trace records, their rendering, GPU timelines."""

@@ -1,0 +1,49 @@
+"""Host-safe: refuse engine options that cannot run here (FP8 on a GPU too old, compile without
+Triton, a missing attention package), before any weights are loaded or any worker starts."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from ..errors import UserInputError
+from ..job.settings import ATTENTION_BACKENDS, EngineOptions, ModelSpec
+
+FP8_MIN_CAPABILITY = (8, 9)
+TRITON_HINT = "install Triton (it comes with torch's CUDA wheels on Linux; on Windows: pip install triton-windows)"
+
+
+def triton_available() -> bool:
+    from torch.utils._triton import has_triton
+
+    return has_triton()
+
+
+def check_engine(engine: EngineOptions, spec: ModelSpec, device: torch.device | None) -> None:
+    """Refuse what cannot run, with the reason, before any work starts."""
+    if engine.compile and device is not None and device.type == "cuda" and not triton_available():
+        raise UserInputError(f"torch.compile on a GPU needs Triton, which this environment lacks: {TRITON_HINT}, "
+                             "or turn compile off")
+    if engine.quantize is not None:
+        kind = engine.quantize.quant_type
+        if device is None or device.type != "cuda":
+            raise UserInputError(
+                f"{kind} quantization needs a CUDA GPU; this run is on the CPU. Drop the quantization "
+                "(FP8 Quantize node, preset's quantize_config) or run on GPUs"
+            )
+        if kind.startswith("float8"):
+            capability = torch.cuda.get_device_capability(device)
+            if capability < FP8_MIN_CAPABILITY:
+                raise UserInputError(
+                    f"{kind} needs a GPU of compute capability 8.9 or higher (Ada, Hopper, Blackwell); "
+                    f"{torch.cuda.get_device_name(device)} is {capability[0]}.{capability[1]}. Use int8_weight_only"
+                )
+            if spec.dtype != "bf16":
+                raise UserInputError(f"{kind} needs bf16 weights; the loader is set to {spec.dtype}")
+    package = ATTENTION_BACKENDS[engine.attention_backend][1]
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise UserInputError(
+            f"attention backend {engine.attention_backend!r} needs the Python package {package!r}, "
+            "which is not installed in this environment"
+        )

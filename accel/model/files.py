@@ -1,0 +1,115 @@
+"""Host-safe: what the expert files hold, read from their safetensors headers only.
+
+The architecture of each model source (random presets, diffusers directories, original-layout
+single files) without loading a weight, so the host can validate a job before any worker starts.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserInputError
+from ..job.settings import ModelSpec
+
+# Both Wan2.2-T2V-A14B experts use diffusers' defaults (40 layers, 40 heads x 128, 5120 wide).
+A14B_CONFIG: dict[str, Any] = dict(
+    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
+    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40,
+)
+# Smoke/test model: produces noise, not video.
+TINY_CONFIG: dict[str, Any] = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+    out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+)
+ORIGINAL_HEAD_DIM = 128  # every released Wan checkpoint uses 128-wide heads
+
+
+def model_config_for(spec: ModelSpec) -> dict[str, Any]:
+    """The architecture without loading weights (for validation in the host process)."""
+    if spec.source == "tiny-random":
+        return dict(TINY_CONFIG)
+    if spec.source == "a14b-random":
+        return dict(A14B_CONFIG)
+    if spec.source == "diffusers":
+        path = Path(spec.path) / "transformer" / "config.json"
+        require_file(path, "the diffusers transformer config")
+        return json.loads(path.read_text())
+    high, low = (infer_original_config(Path(p), read_safetensors_header(Path(p))) for p in (spec.high_path, spec.low_path))
+    if high != low:
+        raise UserInputError(
+            f"the two expert files differ in architecture: {spec.high_path} vs {spec.low_path}; "
+            "pick the high-noise and low-noise files of the same Wan2.2 model"
+        )
+    return high
+
+
+def require_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise UserInputError(f"{path}: file not found (expected {what})")
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file, with a clear error for a missing or truncated file."""
+    require_file(path, "a .safetensors file")
+    if path.suffix != ".safetensors":
+        raise UserInputError(f"{path}: only .safetensors files are loaded (pickled checkpoints are refused)")
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise UserInputError(f"{path}: truncated or not a safetensors file ({size} bytes)")
+        (header_len,) = struct.unpack("<Q", raw)
+        if header_len > size - 8:
+            raise UserInputError(f"{path}: truncated or not a safetensors file (header claims {header_len} bytes)")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise UserInputError(f"{path}: not a safetensors file ({error})") from error
+    data_end = max((meta["data_offsets"][1] for key, meta in header.items() if key != "__metadata__"), default=0)
+    if 8 + header_len + data_end > size:
+        raise UserInputError(
+            f"{path}: truncated: the header describes {8 + header_len + data_end} bytes but the file has {size}"
+        )
+    return header
+
+
+def _strip_prefix(key: str) -> str:
+    return key.removeprefix("model.diffusion_model.")
+
+
+def infer_original_config(path: Path, header: dict[str, Any]) -> dict[str, Any]:
+    """Architecture of an original-layout Wan checkpoint, read from tensor shapes."""
+    shapes = {_strip_prefix(k): v["shape"] for k, v in header.items() if k != "__metadata__"}
+    dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    if any(d.startswith("F8") for d in dtypes) or any(k.endswith("scale_weight") for k in shapes):
+        raise UserInputError(
+            f"{path}: fp8-scaled checkpoints are not supported; use the fp16 or bf16 file "
+            "(the pack quantizes to FP8 itself with the FP8 Quantize node)"
+        )
+    required = ("patch_embedding.weight", "text_embedding.0.weight", "blocks.0.ffn.0.weight", "head.head.weight")
+    missing = [k for k in required if k not in shapes]
+    if missing:
+        raise UserInputError(
+            f"{path}: not a Wan2.2 diffusion model in the original key layout (missing {', '.join(missing)})"
+        )
+    dim, in_channels, *patch = shapes["patch_embedding.weight"]
+    num_layers = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("blocks."))
+    head_dim = ORIGINAL_HEAD_DIM if dim % ORIGINAL_HEAD_DIM == 0 else dim // 2
+    config = dict(
+        patch_size=tuple(patch), num_attention_heads=dim // head_dim, attention_head_dim=head_dim,
+        in_channels=in_channels, out_channels=shapes["head.head.weight"][0] // (patch[0] * patch[1] * patch[2]),
+        text_dim=shapes["text_embedding.0.weight"][1], freq_dim=shapes["time_embedding.0.weight"][1],
+        ffn_dim=shapes["blocks.0.ffn.0.weight"][0], num_layers=num_layers,
+    )
+    if config["in_channels"] != 16 or config["out_channels"] != 16 or config["patch_size"] != (1, 2, 2):
+        raise UserInputError(
+            f"{path}: expected a Wan2.2 text-to-video expert (16 latent channels in and out, patch 1x2x2), "
+            f"found in_channels={config['in_channels']}, out_channels={config['out_channels']}, "
+            f"patch={config['patch_size']}"
+        )
+    if any(k.startswith("img_emb.") for k in shapes):
+        raise UserInputError(f"{path}: this is an image-to-video checkpoint; the sampler runs text-to-video experts")
+    return config
