@@ -10,7 +10,6 @@ import torch
 from accel.job.settings import CacheSettings, ExpertCacheConfig, JobSettings, SamplerSettings
 from accel.errors import UserInputError
 from accel.sampling.loop import run_job
-from accel.sampling.schedules import plan_experts
 from accel.job.scm import build_scm
 
 from helpers import TINY, tiny_job
@@ -34,15 +33,16 @@ def counts(trace, decision="compute"):
 
 
 def test_cache_off_is_bit_identical_to_the_plain_loop(runtime):
-    for scheduler in ("unipc", "euler"):
-        job = tiny_job(settings(steps=10, cache=False, scheduler=scheduler))
+    for sampler, scheduler, switch_step in (("wan_flow_unipc", "simple", None), ("euler", "simple", None),
+                                            ("euler", "beta", 5)):
+        job = tiny_job(settings(steps=10, cache=False, sampler=sampler, scheduler=scheduler, switch_step=switch_step))
         assert torch.equal(run_job(runtime, job).latent, plain_sample(TINY, job))
 
 
 def test_scm_static_fast_40_computes_exactly_the_mask_ones(runtime):
     job = tiny_job(settings(shift=3.0, preset="fast", policy="static"))
     mask = job.settings.scm.mask
-    experts = plan_experts(job.settings.sampler)
+    experts = job.settings.sampler.experts()
     assert sum(mask) == 18 and mask[experts.index("low")] == 1  # shift 3: the boundary falls on a compute step
     trace = run_job(runtime, job).trace
     for expert in ("high", "low"):
@@ -58,7 +58,7 @@ def test_expert_first_step_computes_even_on_a_mask_zero(runtime):
     # shift 5: the low-noise expert takes over at step 17, a cache step of the fast mask; its first
     # compute step (19) moves to 17, so the run still computes the mask's 18 steps.
     job = tiny_job(settings(shift=5.0, preset="fast", policy="static"))
-    experts = plan_experts(job.settings.sampler)
+    experts = job.settings.sampler.experts()
     first_low = experts.index("low")
     mask = job.settings.scm.mask
     assert (first_low, mask[first_low], mask.index(1, first_low)) == (17, 0, 19)
@@ -179,7 +179,7 @@ def test_text_width_must_match_the_model(runtime):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(scheduler="ddim"), "scheduler"), (dict(steps=0), "steps"), (dict(cfg_high=0.5), "cfg"),
+    (dict(scheduler="ddim"), "scheduler"), (dict(steps=0), "steps"), (dict(cfg_high=-1.0), "cfg"),
     (dict(boundary=1.5), "boundary"),
 ])
 def test_bad_sampler_settings(kwargs, message):
@@ -193,3 +193,24 @@ def test_scm_bins_must_cover_the_steps():
     assert build_scm(9, compute_bins=[4, 2], cache_bins=[3]).mask == (1, 1, 1, 1, 0, 0, 0, 1, 1)
     with pytest.raises(UserInputError, match="preset"):
         build_scm(10, "warp")
+
+
+def test_expert_switch_at_a_step_as_the_templates_or_by_wans_boundary(runtime):
+    from accel.diagnostics.render import format_table
+
+    template = SamplerSettings(steps=20, shift=8.0, cfg_high=3.5, cfg_low=3.5, switch_step=10)
+    assert template.experts() == ["high"] * 10 + ["low"] * 10
+    # Wan's rule on ComfyUI's simple schedule: sigma >= 0.875 holds for steps 0-10 at shift 8.
+    assert SamplerSettings(steps=20, shift=8.0).experts() == ["high"] * 11 + ["low"] * 9
+    result = run_job(runtime, tiny_job(JobSettings(sampler=SamplerSettings(steps=6, switch_step=2))))
+    assert [r.expert for r in result.trace.records if r.branch == "cond"] == ["high"] * 2 + ["low"] * 4
+    assert "low-noise expert from step 2 (switch_step)" in format_table(result.trace)
+    with pytest.raises(UserInputError, match=r"switch_step must be in \[0, 6\]"):
+        SamplerSettings(steps=6, switch_step=7)
+
+
+def test_cfg_one_runs_one_forward_per_step_and_needs_no_negative(runtime):
+    job = tiny_job(JobSettings(sampler=SamplerSettings(steps=4, cfg_high=1.0, cfg_low=1.0, switch_step=2)))
+    job.uncond = None
+    trace = run_job(runtime, job).trace
+    assert [(r.step, r.branch) for r in trace.records] == [(step, "cond") for step in range(4)]

@@ -44,6 +44,10 @@ def format_table(trace: Trace) -> str:
         lines.append(line)
     summary = trace.summary()
     lines.append("")
+    switch = trace.info.get("switch")
+    if switch:
+        at = "never" if switch["step"] is None else f"from step {switch['step']}"
+        lines.append(f"low-noise expert {at} ({switch['rule']})")
     for row in rows:
         counts = summary["rows"][row]
         lines.append(f"{row:<12} compute {counts['compute']:>3}  cache {counts['cache']:>3}")

@@ -7,10 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserInputError
+from ..sampling.comfy_sigmas import COMFY_SCHEDULERS, comfy_sigmas, uses_uncond
 
 EXPERTS = ("high", "low")
 BRANCHES = ("cond", "uncond")
-SCHEDULERS = ("unipc", "euler")
+# euler: ComfyUI's update (CFG on the denoised prediction). wan_flow_unipc: diffusers' flow UniPC, the
+# solver of Wan's own pipelines (not ComfyUI's uni_pc, which is another solver).
+SAMPLERS = ("euler", "wan_flow_unipc")
+SCHEDULERS = COMFY_SCHEDULERS  # ComfyUI's sigma schedules, by ComfyUI's names and formulas
 DTYPES = ("bf16", "fp16", "fp32")
 SCM_PRESETS = ("slow", "medium", "fast", "ultra")
 SCM_POLICIES = ("dynamic", "static")
@@ -166,24 +170,52 @@ class SamplerSettings:
     seed: int = 0
     cfg_high: float = 4.0
     cfg_low: float = 3.0
-    shift: float = 12.0
-    scheduler: str = "unipc"
-    boundary: float = 0.875  # fraction of the train timesteps where the low-noise expert takes over
+    shift: float = 12.0  # ModelSamplingSD3's shift
+    sampler: str = "euler"
+    scheduler: str = "simple"
+    boundary: float = 0.875  # Wan's rule: the high-noise expert while t >= boundary x 1000
+    # The ComfyUI templates' split instead (two KSamplerAdvanced nodes, e.g. 10 of 20 steps on the
+    # high-noise expert); None: the boundary rule.
+    switch_step: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise UserInputError(f"steps must be >= 1, got {self.steps}")
+        if self.sampler not in SAMPLERS:
+            raise UserInputError(f"sampler {self.sampler!r} is unknown; expected one of {SAMPLERS}")
         if self.scheduler not in SCHEDULERS:
             raise UserInputError(f"scheduler {self.scheduler!r} is unknown; expected one of {SCHEDULERS}")
         if not 0.0 <= self.boundary <= 1.0:
             raise UserInputError(f"boundary must be in [0, 1], got {self.boundary}")
         if self.shift <= 0:
             raise UserInputError(f"shift must be > 0, got {self.shift}")
-        if self.cfg_high < 1.0 or self.cfg_low < 1.0:
-            raise UserInputError("cfg must be >= 1.0 (1.0 turns classifier-free guidance off)")
+        if self.cfg_high < 0.0 or self.cfg_low < 0.0:
+            raise UserInputError("cfg must be >= 0 (1.0 turns classifier-free guidance off)")
+        if self.switch_step is not None and not 0 <= self.switch_step <= self.steps:
+            raise UserInputError(f"switch_step must be in [0, {self.steps}] (the steps), got {self.switch_step}")
+        sigmas = self.sigmas()
+        if len(sigmas) != self.steps + 1 or sigmas[0] != max(sigmas):
+            raise UserInputError(
+                f"scheduler {self.scheduler!r} gives {len(sigmas) - 1} steps from sigma {sigmas[0]:.3f} for "
+                f"{self.steps} steps (it merges or skips steps there); pick another scheduler or step count"
+            )
+
+    def sigmas(self) -> list[float]:
+        """ComfyUI's sigmas for these settings (steps + 1 values, the last 0)."""
+        return comfy_sigmas(self.scheduler, self.steps, self.shift)
 
     def guidance(self, expert: str) -> float:
         return self.cfg_high if expert == "high" else self.cfg_low
+
+    def uses_uncond(self, expert: str) -> bool:
+        """ComfyUI skips the negative forward only where cfg is 1 (within float tolerance)."""
+        return uses_uncond(self.guidance(expert))
+
+    def experts(self) -> list[str]:
+        """Which expert runs each step: up to ``switch_step``, or while sigma x 1000 >= boundary x 1000."""
+        if self.switch_step is not None:
+            return ["high"] * self.switch_step + ["low"] * (self.steps - self.switch_step)
+        return ["high" if sigma >= self.boundary else "low" for sigma in self.sigmas()[:-1]]
 
 
 @dataclass(frozen=True)

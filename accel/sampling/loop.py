@@ -18,8 +18,14 @@ from ..job.scm import expert_masks
 from ..job.settings import EXPERTS
 from ..model.engine import compile_seconds
 from ..model.latent import process_in, process_out
+from .comfy_sigmas import (
+    comfy_noise,
+    inverse_noise_scaling,
+    latent_is_empty,
+    noise_scaling,
+)
 from .runtime import Runtime
-from .schedules import expert_of_steps, make_scheduler, place_on, solve_without_sync
+from .schedules import make_sampler
 from .topology import Topology
 
 log = logging.getLogger(__name__)
@@ -96,9 +102,7 @@ def run_job(
     validate_for_model(job, dict(runtime.experts.config))
     device, topology = runtime.device, runtime.topology
     dtype = runtime.experts.high.dtype
-    scheduler = make_scheduler(sampler)
-    timesteps = scheduler.timesteps  # stays on the CPU (place_on moves the scheduler's own): read without a sync
-    experts_of_step = expert_of_steps(timesteps, sampler.boundary)
+    experts_of_step = sampler.experts()
     masks = expert_masks(settings.scm, experts_of_step) if settings.scm is not None else {}
     plans = {
         expert: ExpertPlan(
@@ -106,7 +110,7 @@ def run_job(
             config=settings.cache.for_expert(expert) if settings.cache is not None else None,
             mask=masks.get(expert),
             policy=settings.scm.policy if settings.scm is not None else "dynamic",
-            separate_cfg=sampler.guidance(expert) > 1.0 and not topology.cfg_parallel,
+            separate_cfg=sampler.uses_uncond(expert) and not topology.cfg_parallel,
         )
         for expert in EXPERTS
         if expert in experts_of_step
@@ -116,30 +120,33 @@ def run_job(
     batch = job.latent.shape[0]
     texts = {"cond": job.cond, "uncond": job.uncond}
     texts = {k: None if v is None else v.to(device, dtype).expand(batch, -1, -1) for k, v in texts.items()}
-    generator = torch.Generator("cpu").manual_seed(sampler.seed)
-    noise = torch.randn(job.latent.shape, generator=generator, dtype=torch.float32)
-    sigma0 = float(scheduler.sigmas[0])
-    latents = (sigma0 * noise + (1.0 - sigma0) * process_in(job.latent.float())).to(device)
-    place_on(scheduler, device)
+    sigmas = sampler.sigmas()
+    latents = start_latent(job.latent, comfy_noise(sampler.seed, job.latent.shape), sigmas[0]).to(device)
+    schedule = make_sampler(sampler, device)
+    # The templates' two KSamplerAdvanced nodes hand the latent over at the switch step.
+    hand_over = sampler.switch_step if sampler.switch_step is not None and 0 < sampler.switch_step < sampler.steps \
+        else None
 
     trace = Trace(steps=sampler.steps, info={"settings": settings.to_dict(),
-                                             "model": dataclasses.asdict(runtime.experts.spec)})
+                                             "model": dataclasses.asdict(runtime.experts.spec),
+                                             "switch": switch_of(sampler, experts_of_step)})
     local_step = {expert: 0 for expert in EXPERTS}
     compile_wall_s = 0.0  # wall time of the forwards that compiled (graph capture and kernel builds)
     stopwatch = Stopwatch(device)
     step_log = StepLog(stopwatch, topology, trace, on_step)
     started = time.perf_counter()
     with torch.no_grad(), patched_similarity(runtime.caches.manager, topology.sp_group):
-        for step, t in enumerate(timesteps):
+        for step, sigma in enumerate(sigmas[:-1]):
             if should_cancel is not None and should_cancel():
                 step_log.flush()  # every finished step is reported
                 raise JobCancelled(f"cancelled before step {step} of {sampler.steps}")
+            if step == hand_over:
+                latents = leftover_noise_round_trip(latents, sigma)
             expert = experts_of_step[step]
-            guidance = sampler.guidance(expert)
-            branches = ["cond", "uncond"] if guidance > 1.0 else ["cond"]
+            branches = ["cond", "uncond"] if sampler.uses_uncond(expert) else ["cond"]
             module = runtime.experts.expert(expert)
             model_in = latents.to(dtype)
-            timestep = scheduler.timesteps[step].expand(batch)
+            timestep = schedule.timesteps[step].expand(batch)
             scm_bit = masks[expert][local_step[expert]] if masks else None
             preds: dict[str, torch.Tensor] = {}
             records: list[StepRecord] = []
@@ -156,16 +163,12 @@ def run_job(
                     step=step, expert=expert, branch=branch, scm=scm_bit,
                     decision="cache" if decision.cached else "compute",
                     residual_diff=decision.residual_diff, threshold=decision.threshold,
-                    taylorseer=decision.taylorseer, wall_ms=0.0, timestep=float(t), local_step=decision.local_step,
+                    taylorseer=decision.taylorseer, wall_ms=0.0, timestep=sigma * 1000.0,
+                    local_step=decision.local_step,
                 ))
             step_log.add(step, records, marks)  # the previous step's records, while these forwards run
             preds = topology.exchange(preds, branches)
-            pred = preds["cond"].float()
-            if guidance > 1.0:
-                uncond = preds["uncond"].float()
-                pred = uncond + guidance * (pred - uncond)
-            with solve_without_sync():
-                latents = scheduler.step(pred, scheduler.timesteps[step], latents, return_dict=False)[0]
+            latents = schedule.step(latents, preds["cond"], preds.get("uncond"), sampler.guidance(expert), step)
             local_step[expert] += 1
         step_log.flush()
     synchronize(device)
@@ -173,4 +176,30 @@ def run_job(
     trace.info["compile_s"] = compile_wall_s
     if device.type == "cuda":
         trace.info["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return JobResult(latent=process_out(latents.float()).cpu(), trace=trace)
+    return JobResult(latent=process_out(inverse_noise_scaling(sigmas[-1], latents.float())).cpu(), trace=trace)
+
+
+def start_latent(latent: torch.Tensor, noise: torch.Tensor, sigma0: float) -> torch.Tensor:
+    """ComfyUI's start: the LATENT into the model's space (an all-zero one is left as it is, as
+    ComfyUI does), then noised to the first sigma."""
+    latent = latent.float()
+    if not latent_is_empty(latent):
+        latent = process_in(latent)
+    return noise_scaling(sigma0, noise, latent)
+
+
+def leftover_noise_round_trip(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """What happens between the templates' two KSamplerAdvanced nodes: the first returns its
+    noisy latent un-scaled and in ComfyUI's latent space, the second (add_noise off) takes it back
+    in and scales it to sigma again. The same values up to float32 rounding, kept here so that a
+    bf16 model sees the very inputs it sees in ComfyUI."""
+    handed = process_out(inverse_noise_scaling(sigma, x.float()))
+    return noise_scaling(sigma, torch.zeros_like(handed), process_in(handed))
+
+
+def switch_of(sampler, experts_of_step: list[str]) -> dict:
+    """Which step the low-noise expert took over at, and by which rule (for the decision table)."""
+    step = experts_of_step.index("low") if "low" in experts_of_step else None
+    rule = "switch_step" if sampler.switch_step is not None else f"boundary {sampler.boundary}"
+    return {"step": step, "rule": rule}
+

@@ -1,32 +1,81 @@
-"""Flow-matching schedulers from diffusers and the high/low expert split."""
+"""The samplers of a job (worker side): ComfyUI's euler, and Wan's flow UniPC from diffusers,
+both on ComfyUI's sigma schedules (comfy_sigmas.py)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 
 from ..job.settings import SamplerSettings
+from .comfy_sigmas import comfy_flow_step, timestep_of_sigma
 
 NUM_TRAIN_TIMESTEPS = 1000
 
 
-def make_scheduler(settings: SamplerSettings):
-    """A fresh scheduler with its timesteps set (schedulers keep per-run state)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+class Sampler(Protocol):
+    """``timesteps``: the model's timestep input per step, on the sampling device."""
 
-    if settings.scheduler == "unipc":
-        scheduler = UniPCMultistepScheduler(
-            prediction_type="flow_prediction",
-            use_flow_sigmas=True,
-            flow_shift=settings.shift,
+    timesteps: torch.Tensor
+
+    def step(self, x: torch.Tensor, v_cond: torch.Tensor, v_uncond: torch.Tensor | None, cfg: float,
+             index: int) -> torch.Tensor: ...
+
+
+class ComfyEuler:
+    """ComfyUI's euler on a flow model: the denoised prediction x - v*sigma per branch, CFG on the
+    denoised predictions, x + (x - denoised)/sigma * (sigma_next - sigma); all in float32 with the
+    sigmas as float32 tensors on the device, as ComfyUI computes it."""
+
+    def __init__(self, sigmas: list[float], device: torch.device):
+        on_device = torch.tensor(sigmas, dtype=torch.float32, device=device)
+        self.sigmas = list(on_device)  # 0-dim device tensors: no host copy per step
+        self.timesteps = timestep_of_sigma(on_device[:-1])
+
+    def step(self, x, v_cond, v_uncond, cfg, index):
+        return comfy_flow_step(x, v_cond, v_uncond, cfg, self.sigmas[index], self.sigmas[index + 1])
+
+
+class WanFlowUniPC:
+    """diffusers' UniPC with flow sigmas (Wan's own solver), CFG on the velocity as Wan's pipelines
+    apply it, on ComfyUI's schedule: diffusers shifts the sigmas it is given, so it gets them
+    unshifted."""
+
+    def __init__(self, settings: SamplerSettings, device: torch.device):
+        from diffusers import UniPCMultistepScheduler
+
+        self.scheduler = UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=settings.shift,
             num_train_timesteps=NUM_TRAIN_TIMESTEPS,
         )
-    else:
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=settings.shift, num_train_timesteps=NUM_TRAIN_TIMESTEPS)
-    scheduler.set_timesteps(settings.steps, device="cpu")
-    return scheduler
+        import numpy as np  # diffusers' schedulers compute in numpy
+
+        shifted = settings.sigmas()[:-1]
+        self.scheduler.set_timesteps(sigmas=np.array([unshift(s, settings.shift) for s in shifted]), device="cpu")
+        place_on(self.scheduler, device)
+        self.timesteps = self.scheduler.timesteps
+
+    def step(self, x, v_cond, v_uncond, cfg, index):
+        pred = v_cond.float()
+        if v_uncond is not None:
+            uncond = v_uncond.float()
+            pred = uncond + cfg * (pred - uncond)
+        with solve_without_sync():
+            return self.scheduler.step(pred, self.timesteps[index], x, return_dict=False)[0]
+
+
+def unshift(sigma: float, shift: float) -> float:
+    """The inverse of ModelSamplingSD3's shift (flow_shift)."""
+    return sigma / (shift - (shift - 1) * sigma)
+
+
+def make_sampler(settings: SamplerSettings, device: torch.device) -> Sampler:
+    """A fresh sampler for one job (UniPC keeps per-run state)."""
+    if settings.sampler == "euler":
+        return ComfyEuler(settings.sigmas(), device)
+    return WanFlowUniPC(settings, device)
 
 
 def place_on(scheduler, device: torch.device) -> None:
@@ -59,13 +108,3 @@ def solve_without_sync() -> Iterator[None]:
 
 def _solve_unchecked(A: torch.Tensor, B: torch.Tensor, *, left: bool = True) -> torch.Tensor:
     return torch.linalg.solve_ex(A, B, left=left)[0]
-
-
-def expert_of_steps(timesteps: torch.Tensor, boundary: float) -> list[str]:
-    """As diffusers' WanPipeline: the high-noise expert while t >= boundary * train timesteps."""
-    limit = boundary * NUM_TRAIN_TIMESTEPS
-    return ["high" if float(t) >= limit else "low" for t in timesteps]
-
-
-def plan_experts(settings: SamplerSettings) -> list[str]:
-    return expert_of_steps(make_scheduler(settings).timesteps, settings.boundary)
