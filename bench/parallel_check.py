@@ -33,7 +33,7 @@ from bench.common import WARM_STEPS, device_name, markdown_table, relative_error
 def parity(gpus: int, root: Path) -> list[list]:
     """Tiny model with as many heads as GPUs, fp32: every layout must decide exactly as one process
     and agree across ranks."""
-    spec = save_random_experts(root, heads=gpus)
+    spec = save_random_experts(root, num_attention_heads=gpus)
     single_runtime = Runtime.load(spec, "cuda:0")
     rows = []
     layouts = [ParallelLayout(ulysses=gpus, devices=tuple(range(gpus))),

@@ -17,10 +17,8 @@ from safetensors.torch import save_file
 
 from accel.errors import UserInputError
 from accel.model.files import TINY_CONFIG
+from accel.job.settings import LoraSpec, chain_from_json, chain_to_json
 from accel.model.lora import (
-    LoraSpec,
-    chain_from_json,
-    chain_to_json,
     collect_patches,
     merge_into,
     merged_weight,

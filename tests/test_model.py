@@ -2,42 +2,20 @@
 
 from __future__ import annotations
 
-import re
+import dataclasses
+
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from accel.job.settings import ModelSpec
 from accel.errors import UserInputError
-from accel.model.loading import load_experts
+from accel.model.files import model_config_for, to_original_layout
+from accel.model.fp8_scaled import write_fp8_scaled
+from accel.model.loading import load_experts, save_random_experts
 
 from helpers import TINY
-
-# diffusers name -> original Wan name, for the keys a WanTransformer3DModel has (inverse of
-# diffusers' convert_wan_transformer_to_diffusers), to write files as ComfyUI users keep them.
-TO_ORIGINAL = [
-    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
-    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
-    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
-    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
-    ("condition_embedder.time_proj", "time_projection.1"),
-    ("attn1", "self_attn"), ("attn2", "cross_attn"),
-    (".to_out.0.", ".o."), (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."),
-    ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"), ("proj_out", "head.head"),
-]
-
-
-def to_original_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    converted = {}
-    for key, tensor in state.items():
-        for new, old in TO_ORIGINAL:
-            key = key.replace(new, old)
-        key = re.sub(r"\.norm([23])\.", lambda m: f".norm{5 - int(m.group(1))}.", key)  # diffusers swaps them
-        key = "head.modulation" if key == "scale_shift_table" else key.replace("scale_shift_table", "modulation")
-        converted[key] = tensor.contiguous()
-    return converted
-
 
 @pytest.fixture(scope="module")
 def tiny_experts():
@@ -57,8 +35,10 @@ def original_files(tmp_path, tiny_experts):
 def forward(module):
     torch.manual_seed(0)
     x, text = torch.randn(1, 16, 2, 8, 8), torch.randn(1, 6, 32)
+    dtype = module.patch_embedding.weight.dtype
     with torch.no_grad():
-        return module(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text, return_dict=False)[0]
+        return module(hidden_states=x.to(dtype), timestep=torch.tensor([500.0]), encoder_hidden_states=text.to(dtype),
+                      return_dict=False)[0]
 
 
 def assert_same_model(loaded: torch.nn.Module, original: torch.nn.Module) -> None:
@@ -135,13 +115,57 @@ def test_image_to_video_or_other_models_are_refused(original_files, tiny_experts
         load_experts(single(original_files[1], original_files[1]))
 
 
-def test_fp8_scaled_files_are_refused(original_files, tiny_experts):
-    state = to_original_layout(tiny_experts.high.state_dict())
-    state["blocks.0.self_attn.q.weight"] = state["blocks.0.self_attn.q.weight"].to(torch.float8_e4m3fn)
-    state["blocks.0.self_attn.q.scale_weight"] = torch.ones(1)
-    save_file(state, str(original_files[0]))
-    with pytest.raises(UserInputError, match="fp8-scaled"):
-        load_experts(single(*original_files))
+@pytest.fixture(scope="module")
+def fp8_ready_experts(tmp_path_factory):
+    """Widths that FP8 matmuls take (multiples of 16)."""
+    spec = save_random_experts(tmp_path_factory.mktemp("fp8-ready"), attention_head_dim=16, ffn_dim=64)
+    return load_experts(dataclasses.replace(spec, dtype="bf16"))
+
+
+def fp8_scaled_pair(tmp_path, experts, spelling="scale_weight"):
+    paths = []
+    for name in ("high", "low"):
+        path = tmp_path / f"wan2.2_t2v_{name}_noise_tiny_fp8_scaled.safetensors"
+        write_fp8_scaled(path, to_original_layout(experts.expert(name).state_dict()), spelling=spelling)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("spelling", ["scale_weight", "weight_scale"])
+def test_fp8_scaled_files_load_dequantized_as_comfyui_computes(tmp_path, fp8_ready_experts, spelling):
+    high, low = fp8_scaled_pair(tmp_path, fp8_ready_experts, spelling)
+    loaded = load_experts(ModelSpec(source="single-file", high_path=str(high), low_path=str(low), dtype="bf16"))
+    weights = write_fp8_scaled(tmp_path / "again.safetensors", to_original_layout(fp8_ready_experts.high.state_dict()))
+    qdata, scale = weights["blocks.1.ffn.0.weight"]
+    expected = (qdata.float() * scale).to(torch.bfloat16)  # W = W_fp8 * scale, rounded once
+    assert torch.equal(loaded.high.blocks[1].ffn.net[0].proj.weight, expected)
+    assert loaded.high.scale_shift_table.dtype == torch.float32
+    torch.testing.assert_close(forward(loaded.high).float(), forward(fp8_ready_experts.high).float(),
+                               rtol=0.1, atol=0.1)
+
+
+def test_fp8_scaled_files_used_as_stored_keep_the_files_bytes(tmp_path, fp8_ready_experts):
+    from torchao.quantization import Float8Tensor
+
+    high, low = fp8_scaled_pair(tmp_path, fp8_ready_experts)
+    spec = ModelSpec(source="single-file", high_path=str(high), low_path=str(low), dtype="bf16", fp8_scaled="as_stored")
+    stored = load_experts(spec)
+    dequantized = load_experts(dataclasses.replace(spec, fp8_scaled="dequantize"))
+    weight = stored.low.blocks[0].attn1.to_q.weight
+    assert isinstance(weight, Float8Tensor) and weight.qdata.dtype == torch.float8_e4m3fn
+    assert torch.equal(weight.dequantize(), dequantized.low.blocks[0].attn1.to_q.weight)
+    fp8_linears = sum(isinstance(m.weight, Float8Tensor) for m in stored.low.modules() if isinstance(m, torch.nn.Linear))
+    assert fp8_linears == 2 * 10  # self- and cross-attention q, k, v, o and the two ffn layers of each block
+    torch.testing.assert_close(forward(stored.low).float(), forward(dequantized.low).float(), rtol=0.1, atol=0.1)
+
+
+def test_damaged_fp8_scaled_file_names_the_file_before_any_worker_starts(tmp_path, fp8_ready_experts):
+    high, low = fp8_scaled_pair(tmp_path, fp8_ready_experts)
+    state = load_file(str(high))
+    del state["blocks.0.self_attn.q.scale_weight"]
+    save_file(state, str(high))
+    with pytest.raises(UserInputError, match=rf"{high}.*blocks.0.self_attn.q.*scale"):
+        model_config_for(ModelSpec(source="single-file", high_path=str(high), low_path=str(low)))
 
 
 def test_mismatched_experts_are_refused(original_files, tiny_experts):

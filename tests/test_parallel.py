@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from accel.job.settings import CacheSettings, EngineOptions, ExpertCacheConfig, JobSettings, SamplerSettings
+from accel.job.settings import CacheSettings, EngineOptions, ExpertCacheConfig, JobSettings, ModelSpec, SamplerSettings
 from accel.errors import JobCancelled, UserInputError, WorkerGroupError
 from accel.model.loading import save_random_experts
 from accel.parallel.group import WorkerGroup
@@ -85,7 +85,7 @@ def assert_group_samples_as_one_process(spec, runtime, layout, engine) -> None:
 @pytest.fixture(scope="module")
 def four_heads(tmp_path_factory):
     """The tiny model with 4 heads (Ulysses 4 splits heads 4 ways) and a one-process runtime of it."""
-    spec = save_random_experts(tmp_path_factory.mktemp("four-heads"), heads=4)
+    spec = save_random_experts(tmp_path_factory.mktemp("four-heads"), num_attention_heads=4)
     return spec, Runtime.load(spec)
 
 
@@ -235,3 +235,34 @@ def test_demo_with_two_ranks_prints_the_same_table_with_agreement(tmp_path, caps
     assert len(step_lines[0]) == 10
     # Every decision and residual diff as one process printed them, each step agreed by both ranks.
     assert step_lines[1] == [line + "  yes (2 ranks)" for line in step_lines[0]]
+
+
+def test_a_lora_change_reuses_the_warm_group_and_a_random_presets_restarts_it(tmp_path):
+    from safetensors.torch import save_file
+
+    from accel.job.settings import LoraSpec
+    from accel.model.files import TINY_CONFIG, to_original_layout
+    from accel.model.loading import load_experts
+    from helpers import write_random_lora
+
+    experts = load_experts(TINY)
+    paths = []
+    for name in ("high", "low"):
+        paths.append(str(tmp_path / f"{name}.safetensors"))
+        save_file(to_original_layout(experts.expert(name).state_dict()), paths[-1])
+    files = ModelSpec(source="single-file", high_path=paths[0], low_path=paths[1], dtype="fp32")
+    chain = (LoraSpec(str(write_random_lora(tmp_path / "a.safetensors", TINY_CONFIG, seed=1)), 1.0, 0.6),)
+    job = tiny_job(JobSettings(sampler=SamplerSettings(steps=6, switch_step=3), loras=chain))
+    registry = WorkerGroupRegistry()
+    try:
+        group = registry.acquire(files, ParallelLayout(ulysses=2))
+        plain = group.run(tiny_job(JobSettings(sampler=SamplerSettings(steps=6, switch_step=3))))
+        assert registry.acquire(files, ParallelLayout(ulysses=2), loras=chain) is group  # warm: no new processes
+        with_lora = group.run(job)
+        assert "lora_change_s" in with_lora.trace.info and not torch.equal(with_lora.latent, plain.latent)
+        expected = run_job(Runtime.load(files, loras=chain), job).latent
+        torch.testing.assert_close(with_lora.latent, expected, rtol=1e-5, atol=1e-6)  # Ulysses 2 vs one process
+        random = registry.acquire(TINY, ParallelLayout(ulysses=2))
+        assert registry.acquire(TINY, ParallelLayout(ulysses=2), loras=chain) is not random
+    finally:
+        registry.release()

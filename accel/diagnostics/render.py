@@ -23,7 +23,7 @@ def format_table(trace: Trace) -> str:
     header = f"{'step':>4} {'t':>6} {'scm':>3}  " + "  ".join(f"{row:<21}" for row in rows)
     if parallel:
         header += "  ranks agreed"
-    lines = [header, "-" * len(header)]
+    lines = [f"note: {note}" for note in trace.info.get("notes", ())] + [header, "-" * len(header)]
     for step in sorted(by_step):
         cells = by_step[step]
         any_record = next(iter(cells.values()))

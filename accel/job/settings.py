@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,9 @@ DTYPES = ("bf16", "fp16", "fp32")
 SCM_PRESETS = ("slow", "medium", "fast", "ultra")
 SCM_POLICIES = ("dynamic", "static")
 MODEL_SOURCES = ("tiny-random", "a14b-random", "diffusers", "single-file")
+# How ComfyUI's fp8_scaled expert files run: dequantized on load to the compute dtype (what ComfyUI
+# computes by default), or their FP8 weights and scales used as stored (torchao per-tensor float8).
+FP8_SCALED_MODES = ("dequantize", "as_stored")
 # cache-dit 1.5.3 quantization types (torchao); FP8 needs CUDA compute capability >= 8.9.
 QUANT_TYPES = (
     "float8_per_row", "float8_per_tensor", "float8_per_block", "float8_weight_only",
@@ -44,8 +49,13 @@ class ModelSpec:
     low_path: str | None = None
     dtype: str = "bf16"
     seed: int = 0  # random presets only
+    fp8_scaled: str = "dequantize"  # fp8_scaled single files only (FP8_SCALED_MODES)
 
     def __post_init__(self) -> None:
+        if self.fp8_scaled not in FP8_SCALED_MODES:
+            raise UserInputError(f"fp8_scaled mode {self.fp8_scaled!r} is unknown; expected one of {FP8_SCALED_MODES}")
+        if self.fp8_scaled == "as_stored" and self.dtype != "bf16":
+            raise UserInputError(f"fp8_scaled files used as stored compute in bf16; the loader is set to {self.dtype}")
         if self.source not in MODEL_SOURCES:
             raise UserInputError(f"model source {self.source!r} is unknown; expected one of {MODEL_SOURCES}")
         if self.dtype not in DTYPES:
@@ -54,6 +64,61 @@ class ModelSpec:
             raise UserInputError("model source 'diffusers' needs a directory path")
         if self.source == "single-file" and not (self.high_path and self.low_path):
             raise UserInputError("model source 'single-file' needs both a high-noise and a low-noise file")
+
+
+LORA_STRENGTH_LIMIT = 100.0  # ComfyUI's LoraLoaderModelOnly accepts -100..100
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA of a chain, with its strength on each expert (JSON-friendly)."""
+
+    path: str
+    strength_high: float = 1.0
+    strength_low: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path.strip():
+            raise UserInputError(f"a LoRA needs a file path, got {self.path!r}")
+        for name in ("strength_high", "strength_low"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or abs(value) > LORA_STRENGTH_LIMIT:
+                raise UserInputError(
+                    f"LoRA {self.path}: {name} must be a number from -{LORA_STRENGTH_LIMIT:g} to {LORA_STRENGTH_LIMIT:g}, "
+                    f"got {value!r}"
+                )
+            object.__setattr__(self, name, float(value))
+
+    def strength(self, expert: str) -> float:
+        if expert not in EXPERTS:
+            raise ValueError(f"expert must be one of {EXPERTS}, got {expert!r}")
+        return self.strength_high if expert == "high" else self.strength_low
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LoraSpec:
+        if not isinstance(data, Mapping):
+            raise UserInputError(f"a LoRA entry must be an object with a path and strengths, got {data!r}")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise UserInputError(f"LoRA entry {dict(data)!r}: unknown fields {', '.join(sorted(unknown))}")
+        if "path" not in data:
+            raise UserInputError(f"LoRA entry {dict(data)!r}: no path")
+        return cls(**data)
+
+
+LoraChain = tuple[LoraSpec, ...]
+
+
+def chain_from_json(items: Iterable[Mapping[str, Any]] | None) -> LoraChain:
+    return tuple(LoraSpec.from_json(item) for item in items or ())
+
+
+def chain_to_json(chain: LoraChain) -> list[dict[str, Any]]:
+    return [spec.to_json() for spec in chain]
 
 
 @dataclass(frozen=True)
@@ -225,6 +290,7 @@ class JobSettings:
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     cache: CacheSettings | None = None
     scm: ScmSettings | None = None
+    loras: LoraChain = ()  # merged into the experts' weights before the job runs, in chain order
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -239,4 +305,5 @@ class JobSettings:
             if cache is None
             else CacheSettings(high=ExpertCacheConfig(**cache["high"]), low=ExpertCacheConfig(**cache["low"])),
             scm=None if scm is None else ScmSettings(mask=tuple(scm["mask"]), policy=scm["policy"]),
+            loras=chain_from_json(data.get("loras")),
         )

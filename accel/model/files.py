@@ -7,12 +7,16 @@ single files) without loading a weight, so the host can validate a job before an
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import UserInputError
 from ..job.settings import ModelSpec
+from .fp8_scaled import check_mode, detect
 
 # Both Wan2.2-T2V-A14B experts use diffusers' defaults (40 layers, 40 heads x 128, 5120 wide).
 A14B_CONFIG: dict[str, Any] = dict(
@@ -37,7 +41,7 @@ def model_config_for(spec: ModelSpec) -> dict[str, Any]:
         path = Path(spec.path) / "transformer" / "config.json"
         require_file(path, "the diffusers transformer config")
         return json.loads(path.read_text())
-    high, low = (infer_original_config(Path(p), read_safetensors_header(Path(p))) for p in (spec.high_path, spec.low_path))
+    high, low = (single_file_config(Path(p), spec.fp8_scaled) for p in (spec.high_path, spec.low_path))
     if high != low:
         raise UserInputError(
             f"the two expert files differ in architecture: {spec.high_path} vs {spec.low_path}; "
@@ -80,15 +84,17 @@ def _strip_prefix(key: str) -> str:
     return key.removeprefix("model.diffusion_model.")
 
 
+def single_file_config(path: Path, fp8_scaled_mode: str) -> dict[str, Any]:
+    """An original-layout file's architecture; an fp8_scaled file is checked for the way it will run
+    (a damaged or unknown quantized file fails here, naming the file and what was found)."""
+    header = read_safetensors_header(path)
+    check_mode(path, detect(path, header), "fp8" if fp8_scaled_mode == "as_stored" else "bf16")
+    return infer_original_config(path, header)
+
+
 def infer_original_config(path: Path, header: dict[str, Any]) -> dict[str, Any]:
     """Architecture of an original-layout Wan checkpoint, read from tensor shapes."""
     shapes = {_strip_prefix(k): v["shape"] for k, v in header.items() if k != "__metadata__"}
-    dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
-    if any(d.startswith("F8") for d in dtypes) or any(k.endswith("scale_weight") for k in shapes):
-        raise UserInputError(
-            f"{path}: fp8-scaled checkpoints are not supported; use the fp16 or bf16 file "
-            "(the pack quantizes to FP8 itself with the FP8 Quantize node)"
-        )
     required = ("patch_embedding.weight", "text_embedding.0.weight", "blocks.0.ffn.0.weight", "head.head.weight")
     missing = [k for k in required if k not in shapes]
     if missing:
@@ -113,3 +119,30 @@ def infer_original_config(path: Path, header: dict[str, Any]) -> dict[str, Any]:
     if any(k.startswith("img_emb.") for k in shapes):
         raise UserInputError(f"{path}: this is an image-to-video checkpoint; the sampler runs text-to-video experts")
     return config
+
+
+# diffusers name -> original Wan name, for the keys a WanTransformer3DModel has: the inverse of
+# diffusers' convert_wan_transformer_to_diffusers, to write expert files as ComfyUI users keep them
+# (random weights for the benchmarks and tests).
+TO_ORIGINAL = [
+    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+    ("condition_embedder.time_proj", "time_projection.1"),
+    ("attn1", "self_attn"), ("attn2", "cross_attn"),
+    (".to_out.0.", ".o."), (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."),
+    ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"), ("proj_out", "head.head"),
+]
+
+
+def to_original_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers WanTransformer3DModel state dict in the original Wan key layout."""
+    converted = {}
+    for key, tensor in state.items():
+        for new, old in TO_ORIGINAL:
+            key = key.replace(new, old)
+        key = re.sub(r"\.norm([23])\.", lambda m: f".norm{5 - int(m.group(1))}.", key)  # diffusers swaps them
+        key = "head.modulation" if key == "scale_shift_table" else key.replace("scale_shift_table", "modulation")
+        converted[key] = tensor.contiguous()
+    return converted

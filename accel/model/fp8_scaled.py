@@ -370,6 +370,21 @@ def iter_state(
                 yield key, _fp8_layer(handle, path, layer, mode, dtype, device)
 
 
+def read_original(path: Path | str, info: Fp8ScaledInfo | None, key: str, dtype: torch.dtype,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """One original-layout tensor (prefix stripped) as ``iter_state`` yields it in "bf16" mode:
+    an fp8 weight dequantized, anything else cast to ``dtype``; read alone from the file."""
+    path, device = Path(path), torch.device(device)
+    layer = (info.weight_keys if info is not None else {}).get(key)
+    file_key = (info.prefix if info is not None else "") + key
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        if layer is None:
+            if file_key not in handle.keys():
+                file_key = PREFIX + key
+            return _plain(handle, path, file_key, key, dtype, device, None)
+        return _fp8_layer(handle, path, layer, "bf16", dtype, device)
+
+
 def _plain(handle: Any, path: Path, file_key: str, key: str, dtype: torch.dtype, device: torch.device,
            keep_fp32: Callable[[str], bool] | None) -> torch.Tensor:
     tensor = _get(handle, path, file_key)
@@ -449,7 +464,9 @@ def as_float8_weight(
     from torchao.quantization import Float8Tensor
     from torchao.quantization.granularity import PerTensor
     from torchao.quantization.quantize_.common import KernelPreference
-    from torchao.quantization.quantize_.workflows.float8.float8_tensor import QuantizeTensorToFloat8Kwargs
+    from torchao.quantization.quantize_.workflows.float8.float8_tensor import (
+        QuantizeTensorToFloat8Kwargs,
+    )
 
     if qdata.dtype != torch.float8_e4m3fn:
         raise ValueError(f"as_float8_weight takes float8_e4m3fn weights, got {qdata.dtype}")

@@ -23,6 +23,7 @@ from .files import (
     read_safetensors_header,
     require_file,
 )
+from .fp8_scaled import Fp8Weight, detect, iter_state, replace_linear_weights, split_fp8
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ def load_experts(spec: ModelSpec, device: torch.device | str = "cpu") -> DualExp
     elif spec.source == "diffusers":
         high, low = (_from_diffusers_dir(Path(spec.path), sub, dtype, device) for sub in ("transformer", "transformer_2"))
     else:
-        high = _from_single_file(Path(spec.high_path), dtype, device)
-        low = _from_single_file(Path(spec.low_path), dtype, device)
+        high = _from_single_file(Path(spec.high_path), spec, dtype, device)
+        low = _from_single_file(Path(spec.low_path), spec, dtype, device)
         if dict(high.config) != dict(low.config):
             raise UserInputError(
                 f"the two expert files differ in architecture: {spec.high_path} vs {spec.low_path}; "
@@ -64,10 +65,11 @@ def load_experts(spec: ModelSpec, device: torch.device | str = "cpu") -> DualExp
     return DualExperts(high=high.eval().requires_grad_(False), low=low.eval().requires_grad_(False), spec=spec)
 
 
-def save_random_experts(root: Path, heads: int, seed: int = 0) -> ModelSpec:
-    """Write two tiny random experts with ``heads`` attention heads as a diffusers directory: the
-    tiny preset has 2 heads, and Ulysses over 4 ranks needs a multiple of 4."""
-    config = {**TINY_CONFIG, "num_attention_heads": heads}
+def save_random_experts(root: Path, seed: int = 0, **architecture: Any) -> ModelSpec:
+    """Write two tiny random experts as a diffusers directory, the tiny preset's architecture with
+    ``architecture`` changed: e.g. 4 heads (Ulysses over 4 ranks needs a multiple of 4; the preset
+    has 2), or widths that FP8 matmuls take (multiples of 16)."""
+    config = {**TINY_CONFIG, **architecture}
     for subfolder, offset in (("transformer", 0), ("transformer_2", 1)):
         _random_expert(config, seed + offset, torch.float32, torch.device("cpu")).save_pretrained(root / subfolder)
     return ModelSpec(source="diffusers", path=str(root), dtype="fp32")
@@ -109,34 +111,33 @@ def _from_diffusers_dir(root: Path, subfolder: str, dtype: torch.dtype, device: 
     state: dict[str, torch.Tensor] = {}
     for file in files:
         read_safetensors_header(file)  # a truncated shard fails here with its name
-        state.update(_load_tensors(file, device))
+        state.update(iter_state(file, None, "bf16", dtype, device))
     return _assemble(config, state, dtype, device, folder)
 
 
-def _load_tensors(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device=str(device))
-    except Exception as error:  # safetensors raises its own error types
-        raise UserInputError(f"{path}: could not read the safetensors file: {error}") from error
-
-
 def _assemble(config: dict[str, Any], state: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device,
-              source: Path) -> torch.nn.Module:
-    """Build the expert on the meta device and take the loaded tensors as its weights (no copy)."""
+              source: Path, fp8: dict[str, Fp8Weight] | None = None) -> torch.nn.Module:
+    """Build the expert on the meta device and take the loaded tensors as its weights (no copy);
+    ``fp8``: Linear weights kept as stored float8 (torchao per-tensor Float8Tensor)."""
     from diffusers import WanTransformer3DModel
 
     with torch.device("meta"):
         model = WanTransformer3DModel.from_config(config)
+    expected_missing = {f"{name}.weight" for name in fp8 or {}}
     try:
-        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+        missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False,
+                                                    assign=True)
+        if set(missing) != expected_missing or unexpected:
+            raise RuntimeError(f"missing keys {sorted(set(missing) - expected_missing)[:5]}, "
+                               f"unexpected keys {sorted(unexpected)[:5]}")
     except RuntimeError as error:
         raise UserInputError(
             f"{source}: tensors do not match a Wan2.2 expert with {model.config.num_layers} layers, "
             f"{model.config.num_attention_heads} heads of {model.config.attention_head_dim}: {error}"
         ) from error
     keep_fp32_modules(model)
+    if fp8:
+        replace_linear_weights(model, fp8, dtype)
     # The rotary tables are non-persistent buffers, absent from any checkpoint: build them for real.
     with device:
         model.rope = type(model.rope)(
@@ -146,9 +147,17 @@ def _assemble(config: dict[str, Any], state: dict[str, torch.Tensor], dtype: tor
     return model
 
 
-def _from_single_file(path: Path, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+def _from_single_file(path: Path, spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """Streamed tensor by tensor onto ``device`` (host RAM holds one tensor at a time); an
+    fp8_scaled file dequantized as it streams, or its float8 weights kept as stored."""
     from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
-    config = infer_original_config(path, read_safetensors_header(path))
-    state = convert_wan_transformer_to_diffusers(_load_tensors(path, device))
-    return _assemble(config, state, dtype, device, path)
+    header = read_safetensors_header(path)
+    config = infer_original_config(path, header)
+    info = detect(path, header)
+    mode = "fp8" if spec.fp8_scaled == "as_stored" else "bf16"
+    state = convert_wan_transformer_to_diffusers(dict(iter_state(path, info, mode, dtype, device)))
+    plain, fp8 = split_fp8(state)
+    if info is not None:
+        log.info("%s (%s)", info.summary(), "used as stored" if fp8 else "dequantized on load")
+    return _assemble(config, plain, dtype, device, path, fp8)

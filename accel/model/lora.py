@@ -29,7 +29,6 @@ the model untouched).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import math
@@ -37,15 +36,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..errors import UserInputError
+from ..job.settings import LoraSpec
 from .files import read_safetensors_header
-
-STRENGTH_LIMIT = 100.0  # ComfyUI's LoraLoaderModelOnly accepts -100..100
-EXPERTS = ("high", "low")
 
 # (prefix, path uses "_" for "."), longest first so "lora_unet__" wins over "lora_unet_" and
 # the empty prefix (lightx2v / DiffSynth bare names) comes last.
@@ -175,58 +171,6 @@ Patches = dict[str, list[tuple[LoraAdapter, float]]]
 
 
 # --- the chain a job carries ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """One LoRA of a chain, with its strength on each expert (JSON-friendly)."""
-
-    path: str
-    strength_high: float = 1.0
-    strength_low: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.path, str) or not self.path.strip():
-            raise UserInputError(f"a LoRA needs a file path, got {self.path!r}")
-        for name in ("strength_high", "strength_low"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or abs(value) > STRENGTH_LIMIT:
-                raise UserInputError(
-                    f"LoRA {self.path}: {name} must be a number from -{STRENGTH_LIMIT:g} to {STRENGTH_LIMIT:g}, "
-                    f"got {value!r}"
-                )
-            object.__setattr__(self, name, float(value))
-
-    def strength(self, expert: str) -> float:
-        if expert not in EXPERTS:
-            raise ValueError(f"expert must be one of {EXPERTS}, got {expert!r}")
-        return self.strength_high if expert == "high" else self.strength_low
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> LoraSpec:
-        if not isinstance(data, Mapping):
-            raise UserInputError(f"a LoRA entry must be an object with a path and strengths, got {data!r}")
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise UserInputError(f"LoRA entry {dict(data)!r}: unknown fields {', '.join(sorted(unknown))}")
-        if "path" not in data:
-            raise UserInputError(f"LoRA entry {dict(data)!r}: no path")
-        return cls(**data)
-
-
-LoraChain = tuple[LoraSpec, ...]
-
-
-def chain_from_json(items: Iterable[Mapping[str, Any]] | None) -> LoraChain:
-    return tuple(LoraSpec.from_json(item) for item in items or ())
-
-
-def chain_to_json(chain: LoraChain) -> list[dict[str, Any]]:
-    return [spec.to_json() for spec in chain]
 
 
 # --- reading -------------------------------------------------------------------------------------

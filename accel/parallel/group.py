@@ -20,7 +20,7 @@ import torch
 from ..diagnostics.trace import StepRecord, Trace
 from ..errors import JobCancelled, UserInputError, WorkerGroupError
 from ..job.job import Job, JobResult, validate_for_model
-from ..job.settings import EngineOptions, ModelSpec
+from ..job.settings import EngineOptions, LoraChain, ModelSpec, chain_to_json
 from ..model.engine_check import check_engine
 from ..model.files import model_config_for
 from .channel import Message, listen, receive, send
@@ -38,16 +38,24 @@ CANCEL_GRACE_S = 300.0  # a cancelled job stops before its next step; longer tha
 DEFAULT_COMPILE_CACHE = Path.home() / ".cache" / "comfyui-cachedit-parallel" / "compile"
 
 
+def group_key(spec: ModelSpec, layout: ParallelLayout, engine: EngineOptions, loras: LoraChain) -> tuple:
+    """What a warm group must match to serve a job. A LoRA chain changes in place (the weights
+    are read back from the files), except on the random presets, which have no files."""
+    return spec, layout, engine, loras if spec.source in ("tiny-random", "a14b-random") else ()
+
+
 class WorkerGroup:
     """N worker processes joined by torch.distributed; rank 0 talks to this host."""
 
     def __init__(self, spec: ModelSpec, layout: ParallelLayout, engine: EngineOptions | None = None, *,
-                 compile_cache_dir: Path | None = None, start_timeout_s: float = START_TIMEOUT_S,
-                 collective_timeout_s: float = COLLECTIVE_TIMEOUT_S, cancel_grace_s: float = CANCEL_GRACE_S):
+                 loras: LoraChain = (), compile_cache_dir: Path | None = None,
+                 start_timeout_s: float = START_TIMEOUT_S, collective_timeout_s: float = COLLECTIVE_TIMEOUT_S,
+                 cancel_grace_s: float = CANCEL_GRACE_S):
         self.spec = spec
         self.layout = layout
         self.engine = engine or EngineOptions()
-        self.key = (spec, layout, self.engine)
+        self.loras = loras  # merged as the workers load, before quantization and compile
+        self.key = group_key(spec, layout, self.engine, loras)
         self.compile_cache_dir = compile_cache_dir or DEFAULT_COMPILE_CACHE
         self.start_timeout_s = start_timeout_s
         self.collective_timeout_s = collective_timeout_s
@@ -96,7 +104,7 @@ class WorkerGroup:
                 world=self.layout.world, master_port=free_port(), channel_port=listener.address[1],
                 parent_pid=os.getpid(), collective_timeout_s=self.collective_timeout_s,
                 spec=dataclasses.asdict(self.spec), layout=dataclasses.asdict(self.layout),
-                engine=self.engine.to_dict(),
+                engine=self.engine.to_dict(), loras=chain_to_json(self.loras),
             )
             for rank in range(self.layout.world):
                 self.procs.append(start_worker({**config, "rank": rank}, key, self.layout.devices,

@@ -10,8 +10,8 @@ import atexit
 import threading
 from pathlib import Path
 
-from ..job.settings import EngineOptions, ModelSpec
-from .group import WorkerGroup
+from ..job.settings import EngineOptions, LoraChain, ModelSpec
+from .group import WorkerGroup, group_key
 from .layout import ParallelLayout
 
 
@@ -21,13 +21,13 @@ class WorkerGroupRegistry:
         self._group: WorkerGroup | None = None
 
     def acquire(self, spec: ModelSpec, layout: ParallelLayout, engine: EngineOptions | None = None,
-                compile_cache_dir: Path | None = None) -> WorkerGroup:
+                loras: LoraChain = (), compile_cache_dir: Path | None = None) -> WorkerGroup:
         engine = engine or EngineOptions()
         with self._lock:
             group = self._group
-            if group is not None and group.key == (spec, layout, engine) and group.alive:
+            if group is not None and group.key == group_key(spec, layout, engine, loras) and group.alive:
                 return group
-            replacement = WorkerGroup(spec, layout, engine, compile_cache_dir=compile_cache_dir)
+            replacement = WorkerGroup(spec, layout, engine, loras=loras, compile_cache_dir=compile_cache_dir)
             replacement.check()  # a request that cannot run leaves the warm group alone
             if group is not None:
                 group.close()

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from ..diagnostics.profiling import profiled
 from ..errors import JobCancelled, UserInputError
 from ..job.job import Job
-from ..job.settings import EngineOptions, JobSettings, ModelSpec
+from ..job.settings import EngineOptions, JobSettings, ModelSpec, chain_from_json
 from ..logs import setup_logging
 from ..sampling.loop import run_job
 from ..sampling.runtime import Runtime
@@ -49,6 +49,7 @@ class WorkerConfig:
     spec: dict
     layout: dict
     engine: dict
+    loras: list
 
     @classmethod
     def from_env(cls) -> "WorkerConfig":
@@ -95,7 +96,7 @@ class Worker:
                                                  timedelta(seconds=config.collective_timeout_s))
 
         self.runtime = Runtime.load(self.spec, self.device, engine, parallelize,
-                                    GroupTopology(self.layout, mesh, self.control))
+                                    GroupTopology(self.layout, mesh, self.control), chain_from_json(config.loras))
         self.loaded_at = time.time()
         self.jobs = 0
 

@@ -100,6 +100,9 @@ def run_job(
     settings = job.settings
     sampler = settings.sampler
     validate_for_model(job, dict(runtime.experts.config))
+    started_loras = time.perf_counter()
+    changed_loras = settings.loras != runtime.loras.chain
+    runtime.apply_loras(settings.loras)
     device, topology = runtime.device, runtime.topology
     dtype = runtime.experts.high.dtype
     experts_of_step = sampler.experts()
@@ -129,7 +132,10 @@ def run_job(
 
     trace = Trace(steps=sampler.steps, info={"settings": settings.to_dict(),
                                              "model": dataclasses.asdict(runtime.experts.spec),
-                                             "switch": switch_of(sampler, experts_of_step)})
+                                             "switch": switch_of(sampler, experts_of_step),
+                                             "notes": runtime.notes})
+    if changed_loras:
+        trace.info["lora_change_s"] = time.perf_counter() - started_loras
     local_step = {expert: 0 for expert in EXPERTS}
     compile_wall_s = 0.0  # wall time of the forwards that compiled (graph capture and kernel builds)
     stopwatch = Stopwatch(device)
