@@ -104,11 +104,43 @@ def test_wrong_shaped_tensor_names_the_file_and_the_model(original_files, tiny_e
         load_experts(single(*original_files))
 
 
-def test_image_to_video_or_other_models_are_refused(original_files, tiny_experts):
+def i2v_files(tmp_path, experts) -> tuple:
+    paths = []
+    for name in ("high", "low"):
+        state = to_original_layout(experts.expert(name).state_dict())
+        generator = torch.Generator().manual_seed(len(paths))
+        state["patch_embedding.weight"] = torch.randn(24, 36, 1, 2, 2, generator=generator) * 0.1
+        path = tmp_path / f"wan2.2_i2v_{name}_noise_tiny.safetensors"
+        save_file(state, str(path))
+        paths.append(path)
+    return tuple(paths)
+
+
+def test_image_to_video_experts_load_with_36_input_channels(tmp_path, tiny_experts):
+    high, low = i2v_files(tmp_path, tiny_experts)
+    loaded = load_experts(single(high, low))
+    assert loaded.high.config.in_channels == 36 and loaded.high.patch_embedding.weight.shape[1] == 36
+    assert loaded.high.condition_embedder.image_embedder is None  # Wan2.2 I2V has no CLIP image branch
+    assert model_config_for(single(high, low))["in_channels"] == 36
+
+
+def test_a_t2v_and_an_i2v_expert_together_are_refused_naming_both(tmp_path, original_files, tiny_experts):
+    high, _ = i2v_files(tmp_path, tiny_experts)
+    with pytest.raises(UserInputError, match=rf"high-noise expert {high} is image-to-video.*low-noise expert "
+                                             rf"{original_files[1]} is text-to-video"):
+        load_experts(single(high, original_files[1]))
+
+
+def test_other_models_are_refused(original_files, tiny_experts):
     state = to_original_layout(tiny_experts.high.state_dict())
-    state["patch_embedding.weight"] = torch.zeros(24, 36, 1, 2, 2)
+    state["patch_embedding.weight"] = torch.zeros(24, 20, 1, 2, 2)
     save_file(state, str(original_files[0]))
-    with pytest.raises(UserInputError, match="16 latent channels"):
+    with pytest.raises(UserInputError, match="16 in for text-to-video or 36 for image-to-video"):
+        load_experts(single(*original_files))
+    state["patch_embedding.weight"] = torch.zeros(24, 36, 1, 2, 2)
+    state["img_emb.proj.0.weight"] = torch.zeros(4)
+    save_file(state, str(original_files[0]))
+    with pytest.raises(UserInputError, match="Wan2.1 image-to-video checkpoint with a CLIP image branch"):
         load_experts(single(*original_files))
     save_file({"decoder.conv.weight": torch.zeros(2, 2)}, str(original_files[1]))
     with pytest.raises(UserInputError, match="not a Wan2.2 diffusion model"):

@@ -19,6 +19,8 @@ class Job:
     uncond: torch.Tensor | None
     latent: torch.Tensor  # [B, 16, T, H/8, W/8], ComfyUI's un-normalised Wan2.1 space
     settings: JobSettings
+    # Image-to-video: the mask and image latent channels after the 16 noisy ones (image_to_video.py)
+    image: torch.Tensor | None = None
 
 
 @dataclass
@@ -29,7 +31,8 @@ class JobResult:
 
 def validate_for_model(job: Job, model_config: dict) -> None:
     validate_job(job.settings, model_config, tuple(job.latent.shape), tuple(job.cond.shape),
-                 None if job.uncond is None else tuple(job.uncond.shape))
+                 None if job.uncond is None else tuple(job.uncond.shape),
+                 None if job.image is None else tuple(job.image.shape))
 
 
 def check_job(spec, job: Job) -> None:

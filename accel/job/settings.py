@@ -20,7 +20,8 @@ SCHEDULERS = COMFY_SCHEDULERS  # ComfyUI's sigma schedules, by ComfyUI's names a
 DTYPES = ("bf16", "fp16", "fp32")
 SCM_PRESETS = ("slow", "medium", "fast", "ultra")
 SCM_POLICIES = ("dynamic", "static")
-MODEL_SOURCES = ("tiny-random", "a14b-random", "diffusers", "single-file")
+MODEL_SOURCES = ("tiny-random", "tiny-random-i2v", "a14b-random", "a14b-random-i2v", "diffusers", "single-file")
+RANDOM_SOURCES = ("tiny-random", "tiny-random-i2v", "a14b-random", "a14b-random-i2v")  # weights built, not read
 # How ComfyUI's fp8_scaled expert files run: dequantized on load to the compute dtype (what ComfyUI
 # computes by default), or their FP8 weights and scales used as stored (torchao per-tensor float8).
 FP8_SCALED_MODES = ("dequantize", "as_stored")

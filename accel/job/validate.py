@@ -17,6 +17,7 @@ def validate_job(
     latent_shape: Sequence[int],
     cond_shape: Sequence[int],
     uncond_shape: Sequence[int] | None,
+    image_shape: Sequence[int] | None = None,
 ) -> None:
     if len(latent_shape) != 5 or latent_shape[1] != LATENT_CHANNELS:
         raise UserInputError(
@@ -29,6 +30,7 @@ def validate_job(
             f"latent height and width ({latent_shape[3]}x{latent_shape[4]}) must be multiples of "
             f"{patch[1]}x{patch[2]}: pick an image size that is a multiple of 16 pixels"
         )
+    _check_image(model_config, latent_shape, image_shape)
     text_dim = model_config["text_dim"]
     for name, shape in (("positive", cond_shape), ("negative", uncond_shape)):
         if shape is None:
@@ -49,3 +51,23 @@ def validate_job(
     if settings.cache is not None:
         for expert in EXPERTS:
             settings.cache.for_expert(expert).validate(expert, model_config["num_layers"])
+
+
+def _check_image(model_config: dict[str, Any], latent_shape: Sequence[int], image_shape: Sequence[int] | None) -> None:
+    extra = model_config["in_channels"] - LATENT_CHANNELS
+    if extra and image_shape is None:
+        raise UserInputError(
+            f"this is an image-to-video model ({model_config['in_channels']} input channels): give it the positive "
+            "and negative conditioning of WanImageToVideo (or WanFirstLastFrameToVideo), which carry the start image"
+        )
+    if not extra and image_shape is not None:
+        raise UserInputError(
+            "the conditioning carries an image (WanImageToVideo's concat_latent_image), but this is a text-to-video "
+            "model: load the Wan2.2 I2V experts, or use the text encoder's conditioning alone"
+        )
+    if image_shape is not None and tuple(image_shape) != (latent_shape[0], extra, *latent_shape[2:]):
+        raise UserInputError(
+            f"the image channels are {list(image_shape)}; this model and latent need "
+            f"{[latent_shape[0], extra, *latent_shape[2:]]}"
+        )
+

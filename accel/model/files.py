@@ -23,26 +23,44 @@ A14B_CONFIG: dict[str, Any] = dict(
     patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
     out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40,
 )
+# Wan2.2-I2V-A14B: the same experts with the image channels in front (no CLIP image branch). The
+# pack's own config: diffusers' single-file conversion would map any 36-channel file to Wan2.1 I2V.
+I2V_IN_CHANNELS = 36
+A14B_I2V_CONFIG: dict[str, Any] = {**A14B_CONFIG, "in_channels": I2V_IN_CHANNELS}
 # Smoke/test model: produces noise, not video.
 TINY_CONFIG: dict[str, Any] = dict(
     patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
     out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
 )
 ORIGINAL_HEAD_DIM = 128  # every released Wan checkpoint uses 128-wide heads
+RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny-random": TINY_CONFIG, "tiny-random-i2v": {**TINY_CONFIG, "in_channels": I2V_IN_CHANNELS},
+    "a14b-random": A14B_CONFIG, "a14b-random-i2v": A14B_I2V_CONFIG,
+}
 
 
 def model_config_for(spec: ModelSpec) -> dict[str, Any]:
     """The architecture without loading weights (for validation in the host process)."""
-    if spec.source == "tiny-random":
-        return dict(TINY_CONFIG)
-    if spec.source == "a14b-random":
-        return dict(A14B_CONFIG)
+    if spec.source in RANDOM_CONFIGS:
+        return dict(RANDOM_CONFIGS[spec.source])
     if spec.source == "diffusers":
-        path = Path(spec.path) / "transformer" / "config.json"
-        require_file(path, "the diffusers transformer config")
-        return json.loads(path.read_text())
-    high, low = (single_file_config(Path(p), spec.fp8_scaled) for p in (spec.high_path, spec.low_path))
-    if high != low:
+        configs = []
+        for subfolder in ("transformer", "transformer_2"):
+            path = Path(spec.path) / subfolder / "config.json"
+            require_file(path, f"the diffusers {subfolder} config")
+            configs.append(json.loads(path.read_text()))
+        high, low = configs
+        sources = (f"{spec.path}/transformer", f"{spec.path}/transformer_2")
+    else:
+        high, low = (single_file_config(Path(p), spec.fp8_scaled) for p in (spec.high_path, spec.low_path))
+        sources = (spec.high_path, spec.low_path)
+    if high["in_channels"] != low["in_channels"]:
+        kinds = ["image-to-video" if c["in_channels"] == I2V_IN_CHANNELS else "text-to-video" for c in (high, low)]
+        raise UserInputError(
+            f"the high-noise expert {sources[0]} is {kinds[0]} ({high['in_channels']} input channels) but the "
+            f"low-noise expert {sources[1]} is {kinds[1]} ({low['in_channels']}): pick both T2V or both I2V files"
+        )
+    if spec.source == "single-file" and high != low:
         raise UserInputError(
             f"the two expert files differ in architecture: {spec.high_path} vs {spec.low_path}; "
             "pick the high-noise and low-noise files of the same Wan2.2 model"
@@ -110,14 +128,16 @@ def infer_original_config(path: Path, header: dict[str, Any]) -> dict[str, Any]:
         text_dim=shapes["text_embedding.0.weight"][1], freq_dim=shapes["time_embedding.0.weight"][1],
         ffn_dim=shapes["blocks.0.ffn.0.weight"][0], num_layers=num_layers,
     )
-    if config["in_channels"] != 16 or config["out_channels"] != 16 or config["patch_size"] != (1, 2, 2):
-        raise UserInputError(
-            f"{path}: expected a Wan2.2 text-to-video expert (16 latent channels in and out, patch 1x2x2), "
-            f"found in_channels={config['in_channels']}, out_channels={config['out_channels']}, "
-            f"patch={config['patch_size']}"
-        )
     if any(k.startswith("img_emb.") for k in shapes):
-        raise UserInputError(f"{path}: this is an image-to-video checkpoint; the sampler runs text-to-video experts")
+        raise UserInputError(f"{path}: a Wan2.1 image-to-video checkpoint with a CLIP image branch (img_emb); the pack "
+                             "runs the Wan2.2 A14B experts (text-to-video, or image-to-video without that branch)")
+    if config["in_channels"] not in (16, I2V_IN_CHANNELS) or config["out_channels"] != 16 \
+            or config["patch_size"] != (1, 2, 2):
+        raise UserInputError(
+            f"{path}: expected a Wan2.2 A14B expert (16 latent channels out, 16 in for text-to-video or "
+            f"{I2V_IN_CHANNELS} for image-to-video, patch 1x2x2), found in_channels={config['in_channels']}, "
+            f"out_channels={config['out_channels']}, patch={config['patch_size']}"
+        )
     return config
 
 

@@ -17,9 +17,10 @@ import torch
 from ..errors import UserInputError
 from ..job.settings import ModelSpec
 from .files import (
-    A14B_CONFIG,
+    RANDOM_CONFIGS,
     TINY_CONFIG,
     infer_original_config,
+    model_config_for,
     read_safetensors_header,
     require_file,
 )
@@ -47,8 +48,9 @@ class DualExperts:
 def load_experts(spec: ModelSpec, device: torch.device | str = "cpu") -> DualExperts:
     dtype = TORCH_DTYPES[spec.dtype]
     device = torch.device(device)
-    if spec.source in ("tiny-random", "a14b-random"):
-        config = TINY_CONFIG if spec.source == "tiny-random" else A14B_CONFIG
+    model_config_for(spec)  # a mismatched pair fails here, naming both files
+    if spec.source in RANDOM_CONFIGS:
+        config = RANDOM_CONFIGS[spec.source]
         log.info("building random %s experts (weights are random: output is noise)", spec.source)
         high = _random_expert(config, spec.seed, dtype, device)
         low = _random_expert(config, spec.seed + 1, dtype, device)
@@ -57,11 +59,6 @@ def load_experts(spec: ModelSpec, device: torch.device | str = "cpu") -> DualExp
     else:
         high = _from_single_file(Path(spec.high_path), spec, dtype, device)
         low = _from_single_file(Path(spec.low_path), spec, dtype, device)
-        if dict(high.config) != dict(low.config):
-            raise UserInputError(
-                f"the two expert files differ in architecture: {spec.high_path} vs {spec.low_path}; "
-                "pick the high-noise and low-noise files of the same Wan2.2 model"
-            )
     return DualExperts(high=high.eval().requires_grad_(False), low=low.eval().requires_grad_(False), spec=spec)
 
 

@@ -20,7 +20,13 @@ import torch
 from ..diagnostics.trace import StepRecord, Trace
 from ..errors import JobCancelled, UserInputError, WorkerGroupError
 from ..job.job import Job, JobResult, validate_for_model
-from ..job.settings import EngineOptions, LoraChain, ModelSpec, chain_to_json
+from ..job.settings import (
+    RANDOM_SOURCES,
+    EngineOptions,
+    LoraChain,
+    ModelSpec,
+    chain_to_json,
+)
 from ..model.engine_check import check_engine
 from ..model.files import model_config_for
 from .channel import Message, listen, receive, send
@@ -41,7 +47,7 @@ DEFAULT_COMPILE_CACHE = Path.home() / ".cache" / "comfyui-cachedit-parallel" / "
 def group_key(spec: ModelSpec, layout: ParallelLayout, engine: EngineOptions, loras: LoraChain) -> tuple:
     """What a warm group must match to serve a job. A LoRA chain changes in place (the weights
     are read back from the files), except on the random presets, which have no files."""
-    return spec, layout, engine, loras if spec.source in ("tiny-random", "a14b-random") else ()
+    return spec, layout, engine, loras if spec.source in RANDOM_SOURCES else ()
 
 
 class WorkerGroup:
@@ -238,9 +244,8 @@ class WorkerGroup:
         patch = self.model_config["patch_size"]
         self.layout.check_tokens(tuple(n // p for n, p in zip(job.latent.shape[2:], patch)), 8 * patch[1])
         self._cancel.clear()
-        tensors = {"cond": job.cond, "latent": job.latent}
-        if job.uncond is not None:
-            tensors["uncond"] = job.uncond
+        tensors = {name: tensor for name, tensor in (("cond", job.cond), ("latent", job.latent),
+                                                     ("uncond", job.uncond), ("image", job.image)) if tensor is not None}
         send(self.conn, Message("job", {"settings": job.settings.to_dict()}, tensors))
         self._job_running = True
         try:

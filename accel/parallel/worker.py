@@ -143,7 +143,7 @@ class Worker:
     def _run(self, message: Message) -> None:
         job = Job(
             cond=message.tensors["cond"], uncond=message.tensors.get("uncond"), latent=message.tensors["latent"],
-            settings=JobSettings.from_dict(message.payload["settings"]),
+            settings=JobSettings.from_dict(message.payload["settings"]), image=message.tensors.get("image"),
         )
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)

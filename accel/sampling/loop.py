@@ -126,6 +126,7 @@ def run_job(
     sigmas = sampler.sigmas()
     latents = start_latent(job.latent, comfy_noise(sampler.seed, job.latent.shape), sigmas[0]).to(device)
     schedule = make_sampler(sampler, device)
+    model_input = ModelInput(job.image, latents, dtype)
     # The templates' two KSamplerAdvanced nodes hand the latent over at the switch step.
     hand_over = sampler.switch_step if sampler.switch_step is not None and 0 < sampler.switch_step < sampler.steps \
         else None
@@ -151,7 +152,7 @@ def run_job(
             expert = experts_of_step[step]
             branches = ["cond", "uncond"] if sampler.uses_uncond(expert) else ["cond"]
             module = runtime.experts.expert(expert)
-            model_in = latents.to(dtype)
+            model_in = model_input.of(latents)
             timestep = schedule.timesteps[step].expand(batch)
             scm_bit = masks[expert][local_step[expert]] if masks else None
             preds: dict[str, torch.Tensor] = {}
@@ -183,6 +184,26 @@ def run_job(
     if device.type == "cuda":
         trace.info["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     return JobResult(latent=process_out(inverse_noise_scaling(sigmas[-1], latents.float())).cpu(), trace=trace)
+
+
+class ModelInput:
+    """The experts' input of a step: the latent in the compute dtype, and for image-to-video the
+    job's image channels after it, written into one buffer once per job."""
+
+    def __init__(self, image: torch.Tensor | None, latents: torch.Tensor, dtype: torch.dtype):
+        self.dtype = dtype
+        self.buffer = None
+        if image is not None:
+            channels = latents.shape[1]
+            self.buffer = torch.empty((latents.shape[0], channels + image.shape[1], *latents.shape[2:]),
+                                      dtype=dtype, device=latents.device)
+            self.buffer[:, channels:] = image.to(latents.device, dtype)
+
+    def of(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.buffer is None:
+            return latents.to(self.dtype)
+        self.buffer[:, :latents.shape[1]] = latents
+        return self.buffer
 
 
 def start_latent(latent: torch.Tensor, noise: torch.Tensor, sigma0: float) -> torch.Tensor:
