@@ -1,25 +1,30 @@
-"""ComfyUI node adapters over ``accel``: translate ComfyUI types, validate, call the core."""
+"""ComfyUI node adapters over ``accel``: translate ComfyUI types, validate, call the core.
+
+The nodes use ComfyUI's current node API (``comfy_api.latest``, via nodes/comfy.py) and are
+registered through ``CacheDiTExtension`` (the pack's ``comfy_entrypoint``).
+"""
 
 from .cache_config import CacheDiTConfig
+from .comfy import ComfyExtension
 from .loader import WanDualTransformerLoader
 from .quantize import FP8Quantize
 from .sampler import UlyssesParallelSampler
 from .scm_mask import SCMMask
 from .smoke import WanSmokeConditioning
 
-NODE_CLASS_MAPPINGS = {
-    "WanDualTransformerLoader": WanDualTransformerLoader,
-    "CacheDiTConfig": CacheDiTConfig,
-    "SCMMask": SCMMask,
-    "FP8Quantize": FP8Quantize,
-    "UlyssesParallelSampler": UlyssesParallelSampler,
-    "WanSmokeConditioning": WanSmokeConditioning,
+NODES = [WanDualTransformerLoader, CacheDiTConfig, SCMMask, FP8Quantize, UlyssesParallelSampler, WanSmokeConditioning]
+
+# Node ids before the CacheDiT_ prefix (the pack's saved workflows were migrated; see examples/workflows).
+OLD_NODE_IDS = {
+    "WanDualTransformerLoader": "CacheDiT_WanDualTransformerLoader",
+    "CacheDiTConfig": "CacheDiT_Config",
+    "SCMMask": "CacheDiT_SCMMask",
+    "FP8Quantize": "CacheDiT_FP8Quantize",
+    "UlyssesParallelSampler": "CacheDiT_UlyssesParallelSampler",
+    "WanSmokeConditioning": "CacheDiT_WanSmokeConditioning",
 }
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "WanDualTransformerLoader": "Load Wan2.2 Dual Transformer",
-    "CacheDiTConfig": "Cache-DiT Config",
-    "SCMMask": "SCM Mask",
-    "FP8Quantize": "FP8 Quantize",
-    "UlyssesParallelSampler": "Ulysses Parallel Sampler",
-    "WanSmokeConditioning": "Wan Smoke Conditioning (testing)",
-}
+
+
+class CacheDiTExtension(ComfyExtension):
+    async def get_node_list(self) -> list:
+        return list(NODES)

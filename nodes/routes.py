@@ -1,9 +1,15 @@
-"""HTTP routes and the /free hook; the only module that registers anything with ComfyUI's server."""
+"""HTTP routes and the /free hook; the only module that registers anything with ComfyUI's server.
+
+ComfyUI's node API (comfy_api.latest) has neither routes nor a /free or exit hook, so these use the
+server object directly (``PromptServer.instance.routes`` and its prompt queue), at import time:
+ComfyUI v0.3.64 never calls ``ComfyExtension.on_load``.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -33,27 +39,39 @@ def add_routes(routes: web.RouteTableDef, store: TraceStore, release) -> None:
         return web.json_response({"released": release()})
 
 
-def release_on_unload(model_management) -> None:
-    """Wrap ComfyUI's ``unload_all_models`` so that /free ("Unload models") also shuts the worker
-    group down and frees its GPUs. ComfyUI offers packs no hook for /free; its prompt worker calls
-    this function after a /free request (and after an out-of-memory error), looking it up at call
-    time, so this one wrapper is where the pack hears of it."""
-    original = model_management.unload_all_models
+def release_on_free(queue, release: Callable[[], bool]) -> None:
+    """Release the worker group when the prompt worker acts on an explicit /free ("Unload models").
+
+    ComfyUI has no hook for /free: POST /free only sets the queue's ``unload_models`` /
+    ``free_memory`` flags, and the prompt worker reads them with ``get_flags()`` between prompts and
+    then calls ``unload_all_models``. That function is also called after any out-of-memory error and
+    after every prompt under --disable-smart-memory (and by other packs), so the pack listens to the
+    flags instead: this wraps the queue's ``get_flags``, in the prompt worker's thread, where no job
+    runs. It applies ComfyUI's own rule (``free_memory`` implies ``unload_models``)."""
+    original = queue.get_flags
     if getattr(original, "_releases_cachedit_workers", False):
         return
 
     @functools.wraps(original)
-    def unload_all_models(*args, **kwargs):
-        if REGISTRY.release():
-            log.info("released the cache-dit worker group")
-        return original(*args, **kwargs)
+    def get_flags(reset: bool = True):
+        flags = original(reset)
+        if reset and flags.get("unload_models", flags.get("free_memory", False)):
+            try:
+                if release():
+                    log.info("/free: released the cache-dit worker group")
+            except Exception:  # never break ComfyUI's prompt worker loop
+                log.exception("/free: releasing the cache-dit worker group failed")
+        return flags
 
-    unload_all_models._releases_cachedit_workers = True
-    model_management.unload_all_models = unload_all_models
+    get_flags._releases_cachedit_workers = True
+    queue.get_flags = get_flags
 
 
-def register() -> None:
-    if not comfy.IN_COMFYUI:
+def register(server=None) -> None:
+    """The routes and the /free hook, on ComfyUI's server (nothing outside ComfyUI). The workers are
+    also released by POST /cachedit/release and at exit (accel.parallel.registry's atexit)."""
+    server = server if server is not None else (comfy.PromptServer.instance if comfy.PromptServer else None)
+    if server is None:
         return
-    add_routes(comfy.PromptServer.instance.routes, STORE, REGISTRY.release)
-    release_on_unload(comfy.model_management)
+    add_routes(server.routes, STORE, REGISTRY.release)
+    release_on_free(server.prompt_queue, REGISTRY.release)

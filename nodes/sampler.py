@@ -1,9 +1,15 @@
-"""Ulysses Parallel Sampler: runs the job in the warm worker group, never in ComfyUI's process."""
+"""Ulysses Parallel Sampler: runs the job in the warm worker group, never in ComfyUI's process.
+
+The node's inputs are one dict from schema to execute: to add an input, declare it in
+``sampler_inputs`` (with a tooltip) and read it by name in ``job_and_engine`` or ``layout_of``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -20,12 +26,68 @@ from ..accel.job.settings import (
 from ..accel.parallel.layout import ParallelLayout
 from ..accel.parallel.registry import REGISTRY
 from . import comfy
-from .handles import CACHE_CONFIG, CATEGORY, MODEL, QUANT, SCM_MASK, validation_result
+from .comfy import io, ui
+from .handles import (
+    CATEGORY,
+    NODE_PREFIX,
+    CacheConfig,
+    Quantization,
+    ScmMask,
+    WanDualModel,
+    schema_check,
+    validation_result,
+)
 from .routes import STORE
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+
+
+def sampler_inputs() -> list:
+    model = [
+        WanDualModel.Input("model", tooltip="the two experts, from Load Wan2.2 Dual Transformer"),
+        io.Conditioning.Input("positive", tooltip="the prompt's text conditioning (umt5, e.g. CLIPTextEncode)"),
+        io.Conditioning.Input("negative", tooltip="the negative prompt's conditioning; unused when both cfg are 1.0"),
+        io.Latent.Input("latent", tooltip="e.g. EmptyHunyuanLatentVideo (16 channels, Wan2.1 space)"),
+    ]
+    # Defaults are the core's (SamplerSettings), so the widgets and a job built in code agree.
+    sampling = [
+        io.Int.Input("seed", default=SamplerSettings.seed, min=0, max=2**63 - 1, control_after_generate=True,
+                     tooltip="seed of the initial noise"),
+        io.Int.Input("steps", default=SamplerSettings.steps, min=1, max=1000,
+                     tooltip="denoising steps of both experts together"),
+        io.Float.Input("cfg", default=SamplerSettings.cfg_high, min=1.0, max=30.0, step=0.1,
+                       tooltip="guidance of the high-noise expert; 1.0 turns CFG off"),
+        io.Float.Input("cfg_low_noise", default=SamplerSettings.cfg_low, min=1.0, max=30.0, step=0.1,
+                       tooltip="guidance of the low-noise expert; 1.0 turns CFG off"),
+        io.Float.Input("shift", default=SamplerSettings.shift, min=0.1, max=100.0, step=0.1,
+                       tooltip="flow-matching timestep shift (Wan2.2 T2V: 12)"),
+        io.Combo.Input("scheduler", options=list(SCHEDULERS), default=SamplerSettings.scheduler,
+                       tooltip="the sigma schedule of the steps"),
+    ]
+    parallel = [
+        io.String.Input("gpus", default=AUTO,
+                        tooltip="'auto' (every GPU ComfyUI sees, else one CPU rank), GPU indices like '0,1', "
+                                "or 'cpu' / 'cpu:N' for N CPU ranks (tests)"),
+        io.Int.Input("ulysses_degree", default=0, min=0, max=64,
+                     tooltip="GPUs that share one sequence; 0: the preset's, else GPUs / cfg degree"),
+        io.Boolean.Input("cfg_parallel", default=False,
+                         tooltip="cond and uncond on different GPU groups (needs an even number of GPUs)"),
+    ]
+    engine = [
+        io.Boolean.Input("compile", default=False,
+                         tooltip="torch.compile the transformer blocks; the first prompt pays the compile once "
+                                 "(cached on disk)"),
+        io.Combo.Input("attention_backend", options=[AUTO, *ATTENTION_BACKENDS], default=AUTO,
+                       tooltip="the workers' attention kernel; auto: the preset's, else PyTorch's SDPA"),
+    ]
+    handles = [
+        CacheConfig.Input("cache_config", optional=True, tooltip="from Cache-DiT Config; empty: no caching"),
+        ScmMask.Input("scm_mask", optional=True, tooltip="from SCM Mask; empty: the preset's mask, if any"),
+        Quantization.Input("quantization", optional=True, tooltip="from FP8 Quantize; empty: the preset's, if any"),
+    ]
+    return [*model, *sampling, *parallel, *engine, *handles]
 
 
 def parse_layout(gpus: str, ulysses: int, cfg_parallel: bool, gpu_count: int | None = None) -> ParallelLayout:
@@ -36,7 +98,11 @@ def parse_layout(gpus: str, ulysses: int, cfg_parallel: bool, gpu_count: int | N
         devices = tuple(range(gpu_count)) or None
         ranks = gpu_count or 1
     elif text.startswith("cpu"):
-        devices, ranks = None, int(text.partition(":")[2] or 1)
+        try:
+            ranks = int(text.partition(":")[2] or 1)
+        except ValueError as error:
+            raise UserInputError(f"gpus must be 'auto', 'cpu', 'cpu:N' or GPU indices like 0,1; got {gpus!r}") from error
+        devices = None
     else:
         try:
             devices = tuple(int(part) for part in text.split(",") if part.strip())
@@ -49,6 +115,13 @@ def parse_layout(gpus: str, ulysses: int, cfg_parallel: bool, gpu_count: int | N
     return ParallelLayout.for_ranks(ranks, ulysses=ulysses or None, cfg_parallel=cfg_parallel, devices=devices)
 
 
+def layout_of(inputs: Mapping[str, Any]) -> ParallelLayout:
+    """The layout; a degree of 0 takes the preset's parallelism_config.ulysses_size, if it has one."""
+    preset = inputs.get("cache_config")
+    degree = inputs["ulysses_degree"] or (getattr(preset, "ulysses_size", None) or 0)
+    return parse_layout(inputs["gpus"], degree, inputs["cfg_parallel"])
+
+
 def conditioning_tensor(conditioning, name: str) -> torch.Tensor:
     if not conditioning:
         raise UserInputError(f"{name} conditioning is empty")
@@ -57,99 +130,93 @@ def conditioning_tensor(conditioning, name: str) -> torch.Tensor:
     return conditioning[0][0]
 
 
-class UlyssesParallelSampler:
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("LATENT", "STRING")
-    RETURN_NAMES = ("latent", "decisions")
-    FUNCTION = "sample"
-    DESCRIPTION = (
-        "Wan2.2 two-expert sampling in a warm worker group (one process per GPU): Ulysses sequence parallel, "
-        "optional CFG parallel (cond and uncond on different GPU groups), cache-dit caching with the same "
-        "decision on every GPU, FP8 and compile. gpus: 'auto', '0,1', or 'cpu' / 'cpu:2' for CPU ranks. "
-        "The second prompt with the same model and layout reuses the loaded weights. Outputs a LATENT for "
-        "ComfyUI's VAEDecode (Wan2.1 VAE) and the per-step decision table; the 'cache-dit' panel shows them."
+def job_and_engine(inputs: Mapping[str, Any]) -> tuple[Job, EngineOptions]:
+    """The job and the engine options from the node's inputs, checked against the model (no GPU work)."""
+    model, steps = inputs["model"], inputs["steps"]
+    preset, scm_mask, quantization = (inputs.get(k) for k in ("cache_config", "scm_mask", "quantization"))
+    sampler = SamplerSettings(steps=steps, seed=inputs["seed"], cfg_high=inputs["cfg"], cfg_low=inputs["cfg_low_noise"],
+                              shift=inputs["shift"], scheduler=inputs["scheduler"], boundary=model.boundary)
+    settings = JobSettings(
+        sampler=sampler, cache=preset.cache if preset else None,
+        scm=scm_mask if scm_mask is not None else (preset.scm_for(steps) if preset else None),
     )
+    base = preset.engine if preset else EngineOptions()
+    attention = inputs["attention_backend"]
+    engine = dataclasses.replace(
+        base,
+        quantize=quantization if quantization is not None else base.quantize,
+        compile=inputs["compile"] or base.compile,
+        attention_backend=base.attention_backend if attention == AUTO else attention,
+    )
+    guided = sampler.cfg_high > 1.0 or sampler.cfg_low > 1.0
+    job = Job(cond=conditioning_tensor(inputs["positive"], "positive"),
+              uncond=conditioning_tensor(inputs["negative"], "negative") if guided else None,
+              latent=inputs["latent"]["samples"], settings=settings)
+    check_job(model.spec, job)  # before any GPU work
+    return job, engine
+
+
+def check_widgets(node: type, gpus, ulysses_degree, cfg_parallel, scheduler, attention_backend) -> None:
+    schema_check(node, ulysses_degree=ulysses_degree, scheduler=scheduler, attention_backend=attention_backend)
+    if None not in (gpus, ulysses_degree, cfg_parallel):
+        parse_layout(gpus, ulysses_degree, cfg_parallel)
+
+
+def run(inputs: Mapping[str, Any]) -> tuple[dict, str]:
+    """Run the job in the warm worker group: per-step events and progress to the client that queued
+    the prompt, the trace saved for the panel's routes. Returns the latent and the decision table."""
+    job, engine = job_and_engine(inputs)
+    layout = layout_of(inputs)
+    now = comfy.executing()  # here, in the prompt worker's thread
+    steps = job.settings.sampler.steps
+    progress = comfy.Progress(steps, now.node_id)
+    group = REGISTRY.acquire(inputs["model"].spec, layout, engine, compile_cache_dir=comfy.data_dir() / "compile")
+
+    def on_step(step, records) -> None:
+        progress.step()
+        comfy.send_event("cachedit.step", {"prompt_id": now.prompt_id, "node": now.node_id, "steps": steps,
+                                           "records": [r.to_dict() for r in records]}, now.client_id)
+
+    try:
+        result = group.run(job, on_step=on_step, should_cancel=comfy.interrupted)
+    except JobCancelled:
+        comfy.raise_interrupt()
+        raise
+    trace = result.trace.to_dict()
+    if now.prompt_id is not None:
+        STORE.save(now.prompt_id, now.node_id, trace)
+    comfy.send_event("cachedit.done", {"prompt_id": now.prompt_id, "node": now.node_id, "summary": trace["summary"],
+                                       "info": trace["info"]}, now.client_id)
+    return {**inputs["latent"], "samples": result.latent}, format_table(result.trace)
+
+
+class UlyssesParallelSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{NODE_PREFIX}UlyssesParallelSampler",
+            display_name="Ulysses Parallel Sampler",
+            category=CATEGORY,
+            description=(
+                "Wan2.2 two-expert sampling in a warm worker group (one process per GPU): Ulysses sequence "
+                "parallel, optional CFG parallel (cond and uncond on different GPU groups), cache-dit caching with "
+                "the same decision on every GPU, FP8 and compile. gpus: 'auto', '0,1', or 'cpu' / 'cpu:2' for CPU "
+                "ranks. The second prompt with the same model and layout reuses the loaded weights. Outputs a "
+                "LATENT for ComfyUI's VAEDecode (Wan2.1 VAE) and the per-step decision table; the 'cache-dit' "
+                "panel shows them."
+            ),
+            inputs=sampler_inputs(),
+            outputs=[io.Latent.Output(display_name="latent"), io.String.Output(display_name="decisions")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": (MODEL,),
-                "positive": ("CONDITIONING",),
-                "negative": ("CONDITIONING",),
-                "latent": ("LATENT", {"tooltip": "e.g. EmptyHunyuanLatentVideo (16 channels, Wan2.1 space)"}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1}),
-                "steps": ("INT", {"default": 40, "min": 1, "max": 1000}),
-                "cfg": ("FLOAT", {"default": 4.0, "min": 1.0, "max": 30.0, "step": 0.1,
-                                  "tooltip": "guidance of the high-noise expert; 1.0 turns CFG off"}),
-                "cfg_low_noise": ("FLOAT", {"default": 3.0, "min": 1.0, "max": 30.0, "step": 0.1}),
-                "shift": ("FLOAT", {"default": 12.0, "min": 0.1, "max": 100.0, "step": 0.1}),
-                "scheduler": (list(SCHEDULERS), {"default": "unipc"}),
-                "gpus": ("STRING", {"default": AUTO}),
-                "ulysses_degree": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "0: GPUs / cfg degree"}),
-                "cfg_parallel": ("BOOLEAN", {"default": False}),
-                "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile the transformer blocks; the "
-                                        "first prompt pays the compile once (cached on disk)"}),
-                "attention_backend": ([AUTO, *ATTENTION_BACKENDS], {"default": AUTO}),
-            },
-            "optional": {
-                "cache_config": (CACHE_CONFIG,),
-                "scm_mask": (SCM_MASK,),
-                "quantization": (QUANT,),
-            },
-        }
+    def validate_inputs(cls, gpus, ulysses_degree, cfg_parallel, scheduler, attention_backend) -> bool | str:
+        """The layout must fit this machine (the model and latent are links: checked in execute)."""
+        return validation_result(check_widgets, cls, gpus, ulysses_degree, cfg_parallel, scheduler, attention_backend)
 
     @classmethod
-    def VALIDATE_INPUTS(cls, gpus, ulysses_degree, cfg_parallel):
-        return validation_result(parse_layout, gpus, ulysses_degree, cfg_parallel)
-
-    @staticmethod
-    def job_and_engine(model, positive, negative, latent, seed, steps, cfg, cfg_low_noise, shift, scheduler,
-                       compile, attention_backend, cache_config=None, scm_mask=None, quantization=None):
-        preset = cache_config
-        sampler = SamplerSettings(steps=steps, seed=seed, cfg_high=cfg, cfg_low=cfg_low_noise, shift=shift,
-                                  scheduler=scheduler, boundary=model.boundary)
-        settings = JobSettings(
-            sampler=sampler, cache=preset.cache if preset else None,
-            scm=scm_mask if scm_mask is not None else (preset.scm_for(steps) if preset else None),
-        )
-        base = preset.engine if preset else EngineOptions()
-        engine = dataclasses.replace(
-            base,
-            quantize=quantization if quantization is not None else base.quantize,
-            compile=compile or base.compile,
-            attention_backend=base.attention_backend if attention_backend == AUTO else attention_backend,
-        )
-        guided = cfg > 1.0 or cfg_low_noise > 1.0
-        job = Job(cond=conditioning_tensor(positive, "positive"),
-                  uncond=conditioning_tensor(negative, "negative") if guided else None,
-                  latent=latent["samples"], settings=settings)
-        check_job(model.spec, job)  # before any GPU work
-        return job, engine
-
-    def sample(self, model, positive, negative, latent, seed, steps, cfg, cfg_low_noise, shift, scheduler, gpus,
-               ulysses_degree, cfg_parallel, compile, attention_backend, cache_config=None, scm_mask=None,
-               quantization=None):
-        job, engine = self.job_and_engine(model, positive, negative, latent, seed, steps, cfg, cfg_low_noise, shift,
-                                          scheduler, compile, attention_backend, cache_config, scm_mask, quantization)
-        layout = parse_layout(gpus, ulysses_degree, cfg_parallel)
-        prompt_id, node_id = comfy.executing()
-        progress = comfy.Progress(steps, node_id)
-        group = REGISTRY.acquire(model.spec, layout, engine, compile_cache_dir=comfy.data_dir() / "compile")
-
-        def on_step(step, records) -> None:
-            progress.step()
-            comfy.send_event("cachedit.step", {"prompt_id": prompt_id, "node": node_id, "steps": steps,
-                                               "records": [r.to_dict() for r in records]})
-
-        try:
-            result = group.run(job, on_step=on_step, should_cancel=comfy.interrupted)
-        except JobCancelled:
-            comfy.raise_interrupt()
-            raise
-        trace = result.trace.to_dict()
-        if prompt_id is not None:
-            STORE.save(prompt_id, node_id, trace)
-        comfy.send_event("cachedit.done", {"prompt_id": prompt_id, "node": node_id, "summary": trace["summary"],
-                                           "info": trace["info"]})
-        return ({**latent, "samples": result.latent}, format_table(result.trace))
+    def execute(cls, **inputs) -> io.NodeOutput:
+        check_widgets(cls, *(inputs[k] for k in ("gpus", "ulysses_degree", "cfg_parallel", "scheduler",
+                                                  "attention_backend")))  # again: linked inputs skipped validation
+        latent, table = run(inputs)
+        return io.NodeOutput(latent, table, ui=ui.PreviewText(table))

@@ -116,7 +116,7 @@ api.addEventListener("execution_success", async ({ detail }) => {
   const history = await fetchJson(`/history/${encodeURIComponent(detail.prompt_id)}`);
   for (const [id, output] of Object.entries(history?.[detail.prompt_id]?.outputs || {})) {
     const node = app.graph?.getNodeById(id);
-    if (node?.type === "SCMMask" && output.text) node.onExecuted(output);
+    if (node?.type === "CacheDiT_SCMMask" && output.text) node.onExecuted(output);
   }
 });
 
@@ -155,7 +155,7 @@ app.registerExtension({
     destroy: () => { root = null; },
   }],
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== "SCMMask") return;
+    if (nodeData.name !== "CacheDiT_SCMMask") return;
     // Show the mask string and its counts in the node once it has run.
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {

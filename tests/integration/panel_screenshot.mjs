@@ -70,7 +70,7 @@ try {
   if (shots) await page.screenshot({ path: `${shots}/panel.png` });
 
   // The SCM Mask node's text (from its run, or from the prompt's history when ComfyUI had it cached).
-  const mask = await page.waitForFunction(() => window.app.graph.nodes.find((n) => n.type === "SCMMask")
+  const mask = await page.waitForFunction(() => window.app.graph.nodes.find((n) => n.type === "CacheDiT_SCMMask")
     ?.widgets.find((w) => w.name === "mask_view")?.value, null, { timeout: 10000 }).then((h) => h.jsonValue());
   if (!/^[01]{20}\n\d+ compute \/ \d+ cache of 20 steps/.test(mask)) failures.push(`mask text ${mask}`);
   if (shots) {

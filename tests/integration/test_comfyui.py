@@ -24,6 +24,8 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run these tests")
 
 SMOKE = json.loads((ROOT / "examples" / "workflows" / "smoke_api.json").read_text())
+PACK_NODES = {"CacheDiT_WanDualTransformerLoader", "CacheDiT_Config", "CacheDiT_SCMMask", "CacheDiT_FP8Quantize",
+              "CacheDiT_UlyssesParallelSampler", "CacheDiT_WanSmokeConditioning"}
 
 
 def free_port() -> int:
@@ -61,10 +63,12 @@ def server(tmp_path_factory):
     extra.write_text(f"pack_under_test:\n  base_path: {base}\n  custom_nodes: packs\n")
     port = free_port()
     log = (base / "server.log").open("w")
+    # --disable-smart-memory: ComfyUI then calls unload_all_models after every prompt, which must not
+    # release the warm worker group (only an explicit /free does)
     proc = subprocess.Popen(
         [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1", "--port",
          str(port), "--extra-model-paths-config", str(extra), "--output-directory", str(base / "output"),
-         "--user-directory", str(base / "user")],
+         "--user-directory", str(base / "user"), "--disable-smart-memory"],
         cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT,
     )
     SERVER_PID.append(proc.pid)
@@ -72,7 +76,7 @@ def server(tmp_path_factory):
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{url}/object_info/UlyssesParallelSampler", timeout=2).ok:
+            if requests.get(f"{url}/object_info/CacheDiT_UlyssesParallelSampler", timeout=2).ok:
                 break
         except requests.ConnectionError:
             pass
@@ -91,12 +95,15 @@ def server(tmp_path_factory):
 
 
 async def run_prompt(url: str, workflow: dict, *, interrupt_after_steps: int | None = None,
-                     timeout_s: float = 300.0) -> tuple[str, list[dict]]:
+                     timeout_s: float = 300.0, bystander: list | None = None) -> tuple[str, list[dict]]:
+    """Queue the workflow as one browser tab and follow its events; ``bystander`` collects what a second
+    connected tab receives meanwhile."""
     import aiohttp
 
     client_id = uuid.uuid4().hex
     events: list[dict] = []
     async with aiohttp.ClientSession() as session:
+        other = await session.ws_connect(f"{url.replace('http', 'ws')}/ws?clientId={uuid.uuid4().hex}")
         async with session.ws_connect(f"{url.replace('http', 'ws')}/ws?clientId={client_id}") as ws:
             async with session.post(f"{url}/prompt", json={"prompt": workflow, "client_id": client_id}) as response:
                 body = await response.json()
@@ -120,6 +127,15 @@ async def run_prompt(url: str, workflow: dict, *, interrupt_after_steps: int | N
                         return
 
             await asyncio.wait_for(follow(), timeout_s)
+        await asyncio.sleep(0.5)  # anything sent to the other tab has arrived by now
+        while bystander is not None:
+            try:
+                message = await other.receive(timeout=0.1)
+            except asyncio.TimeoutError:
+                break
+            if message.type == aiohttp.WSMsgType.TEXT:
+                bystander.append(json.loads(message.data))
+        await other.close()
     return prompt_id, events
 
 
@@ -127,10 +143,25 @@ def kinds(events):
     return [e["type"] for e in events]
 
 
+def test_the_nodes_are_node_api_nodes_with_tooltips(server):
+    import requests
+
+    info = requests.get(f"{server}/object_info", timeout=30).json()
+    assert PACK_NODES <= set(info)
+    assert not {"UlyssesParallelSampler", "SCMMask", "FP8Quantize", "CacheDiTConfig"} & set(info)  # the old ids
+    for node_id in PACK_NODES:
+        inputs = {**info[node_id]["input"]["required"], **info[node_id]["input"].get("optional", {})}
+        assert all(spec[1].get("tooltip") for spec in inputs.values()), node_id
+        assert info[node_id]["experimental"] == (node_id == "CacheDiT_WanSmokeConditioning")
+    loader = info["CacheDiT_WanDualTransformerLoader"]["input"]["required"]
+    assert loader["diffusers_model"][0] == "COMBO" and "diffusers_path" not in loader
+
+
 def test_smoke_workflow_runs_with_progress_events_and_routes(server):
     import requests
 
-    prompt_id, events = asyncio.run(run_prompt(server, SMOKE))
+    bystander: list[dict] = []
+    prompt_id, events = asyncio.run(run_prompt(server, SMOKE, bystander=bystander))
     assert "execution_success" in kinds(events), events[-3:]
     steps = [e for e in events if e["type"] == "cachedit.step"]
     assert len(steps) == 20 and all(e["data"]["prompt_id"] == prompt_id for e in steps)
@@ -143,7 +174,40 @@ def test_smoke_workflow_runs_with_progress_events_and_routes(server):
     record = requests.get(f"{server}/cachedit/traces/{prompt_id}", timeout=5).json()
     assert len(record["trace"]["records"]) == 40
     assert requests.get(f"{server}/api/cachedit/traces/{prompt_id}", timeout=5).ok  # mirrored under /api
+    # the other tab saw none of this job's events (ComfyUI's own progress goes to the queuing tab only)
+    assert not [e for e in bystander if e["type"].startswith("cachedit.")], kinds(bystander)
+    mask_text = record_outputs(server, prompt_id)["6"]["text"][0]  # the SCM Mask's ui.PreviewText
+    assert mask_text.startswith("1") and "of 20 steps" in mask_text
+    assert "high/cond" in record_outputs(server, prompt_id)["7"]["text"][0]  # the sampler's decision table
 
+
+def record_outputs(server, prompt_id):
+    import requests
+
+    return requests.get(f"{server}/history/{prompt_id}", timeout=5).json()[prompt_id]["outputs"]
+
+
+LOADER_ERROR = "not in ComfyUI's 'diffusion_models' list"
+
+
+def test_a_loader_prompt_naming_a_server_path_is_refused_with_one_text(server):
+    import requests
+
+    texts = set()
+    for name in ("/etc/hostname", "../../etc/passwd", "no_such_model.safetensors"):
+        for source in ("single-file", "tiny-random"):
+            bad = json.loads(json.dumps(SMOKE))
+            bad["1"]["inputs"].update(source=source, high_noise_model=name, low_noise_model=name)
+            response = requests.post(f"{server}/prompt", json={"prompt": bad}, timeout=10)
+            assert response.status_code == 400, response.text
+            details = json.dumps(response.json()["node_errors"]["1"])
+            assert LOADER_ERROR in details and "hostname" not in details and "passwd" not in details, details
+            texts.add(details.replace(name, "<name>"))
+    assert len(texts) == 1  # whatever the name, whether that path exists, and the source
+    bad = json.loads(json.dumps(SMOKE))
+    bad["1"]["inputs"].update(source="diffusers", diffusers_model="/etc")
+    response = requests.post(f"{server}/prompt", json={"prompt": bad}, timeout=10)
+    assert response.status_code == 400 and "not in ComfyUI's 'diffusers' list" in response.text
 
 def test_bad_input_is_a_node_error_and_the_server_keeps_running(server):
     import requests
@@ -159,7 +223,7 @@ def test_bad_input_is_a_node_error_and_the_server_keeps_running(server):
     prompt_id, events = asyncio.run(run_prompt(server, wrong_steps))
     error = [e for e in events if e["type"] == "execution_error"][0]["data"]
     assert "SCM mask has 20 steps but the sampler runs 12" in error["exception_message"]
-    assert requests.get(f"{server}/object_info/SCMMask", timeout=5).ok
+    assert requests.get(f"{server}/object_info/CacheDiT_SCMMask", timeout=5).ok
 
 
 def test_interrupt_stops_the_job_and_the_group_stays_usable(server):
@@ -175,11 +239,17 @@ def test_interrupt_stops_the_job_and_the_group_stays_usable(server):
     assert worker_pids() == pids  # the same warm group served the next prompt
 
 
-def test_free_releases_the_workers(server):
+def test_prompts_keep_the_workers_and_free_releases_them(server):
     import requests
 
-    asyncio.run(run_prompt(server, SMOKE))
-    assert worker_pids()
+    again = json.loads(json.dumps(SMOKE))
+    for seed in (101, 102):  # new seeds: ComfyUI would answer a repeated prompt from its cache
+        again["7"]["inputs"]["seed"] = seed
+        _, events = asyncio.run(run_prompt(server, again))
+        assert "execution_success" in kinds(events)
+        if seed == 101:
+            pids = worker_pids()
+    assert pids and worker_pids() == pids  # under --disable-smart-memory ComfyUI unloaded its models twice
     assert requests.post(f"{server}/free", json={"unload_models": True, "free_memory": True}, timeout=5).ok
     deadline = time.monotonic() + 20
     while worker_pids() and time.monotonic() < deadline:
@@ -203,7 +273,7 @@ def test_queue_client_prints_the_decision_table(server, tmp_path):
     bad = ROOT / "examples/workflows/wan22_t2v_api.json"  # its model files are not on this server
     result = subprocess.run([sys.executable, "-m", "accel", "queue", str(bad), "--server", server], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and "node 1 (WanDualTransformerLoader)" in result.stderr
+    assert result.returncode == 1 and "node 1 (CacheDiT_WanDualTransformerLoader)" in result.stderr
 
 
 def test_panel_in_a_browser(server):
