@@ -7,12 +7,14 @@ registered through ``CacheDiTExtension`` (the pack's ``comfy_entrypoint``).
 from .cache_config import CacheDiTConfig
 from .comfy import ComfyExtension
 from .loader import WanDualTransformerLoader
+from .lora import WanDualLoraLoader
 from .quantize import FP8Quantize
 from .sampler import UlyssesParallelSampler
 from .scm_mask import SCMMask
 from .smoke import WanSmokeConditioning
 
-NODES = [WanDualTransformerLoader, CacheDiTConfig, SCMMask, FP8Quantize, UlyssesParallelSampler, WanSmokeConditioning]
+NODES = [WanDualTransformerLoader, WanDualLoraLoader, CacheDiTConfig, SCMMask, FP8Quantize, UlyssesParallelSampler,
+         WanSmokeConditioning]
 
 # Node ids before the CacheDiT_ prefix (the pack's saved workflows were migrated; see examples/workflows).
 OLD_NODE_IDS = {

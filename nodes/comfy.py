@@ -115,6 +115,16 @@ def model_dir_path(folder: str, name: str, holding: tuple[str, ...]) -> str:
     raise not_listed(folder)
 
 
+def without_paths(text: str, names: dict[str | None, str]) -> str:
+    """In ComfyUI a message names a file by its list entry, not by where the server keeps it."""
+    if not in_comfyui():
+        return text
+    for path, name in names.items():
+        if path is not None and path != name:
+            text = text.replace(path, name)
+    return text
+
+
 def data_dir() -> Path:
     """Where the pack keeps traces and compile caches: ComfyUI's user directory, or ~/.cache."""
     if folder_paths is not None:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..accel.errors import UserInputError
-from ..accel.job.settings import ModelSpec
+from ..accel.job.settings import LoraChain, ModelSpec
+from ..accel.model.files import I2V_IN_CHANNELS, model_config_for
 from .comfy import io
 
 CATEGORY = "cache-dit"
@@ -20,12 +21,26 @@ ScmMask = io.Custom("SCM_MASK")
 Quantization = io.Custom("CACHEDIT_QUANT")
 
 
+# What "auto" means where the model decides (Wan's and ComfyUI's templates' values)
+AUTO_BOUNDARY = {"t2v": 0.875, "i2v": 0.9}  # Wan's pipelines
+AUTO_SHIFT = {"t2v": 8.0, "i2v": 5.0}  # ComfyUI's 20-step templates
+
+
 @dataclass(frozen=True)
 class ModelHandle:
     """Paths and settings only: the weights are loaded by the workers, never in ComfyUI's process."""
 
     spec: ModelSpec
-    boundary: float
+    boundary: float | None = None  # None: Wan's value for the model's kind
+    loras: LoraChain = ()  # LoRA nodes' chain, merged by the workers in this order
+
+    @property
+    def kind(self) -> str:
+        """'i2v' or 't2v', from the experts' input channels (file headers only)."""
+        return "i2v" if model_config_for(self.spec)["in_channels"] == I2V_IN_CHANNELS else "t2v"
+
+    def boundary_or_auto(self) -> float:
+        return AUTO_BOUNDARY[self.kind] if self.boundary is None else self.boundary
 
 
 def validation_result(check: Callable[..., Any], *args: Any, **kwargs: Any) -> bool | str:

@@ -15,9 +15,11 @@ import torch
 
 from ..accel.diagnostics.render import format_table
 from ..accel.errors import JobCancelled, UserInputError
+from ..accel.job.image_to_video import conditioning_image, image_channels
 from ..accel.job.job import Job, check_job
 from ..accel.job.settings import (
     ATTENTION_BACKENDS,
+    SAMPLERS,
     SCHEDULERS,
     EngineOptions,
     JobSettings,
@@ -28,6 +30,7 @@ from ..accel.parallel.registry import REGISTRY
 from . import comfy
 from .comfy import io, ui
 from .handles import (
+    AUTO_SHIFT,
     CATEGORY,
     NODE_PREFIX,
     CacheConfig,
@@ -42,29 +45,42 @@ from .routes import STORE
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+EXPERT_SWITCHES = ("step", "boundary")
 
 
 def sampler_inputs() -> list:
     model = [
         WanDualModel.Input("model", tooltip="the two experts, from Load Wan2.2 Dual Transformer"),
-        io.Conditioning.Input("positive", tooltip="the prompt's text conditioning (umt5, e.g. CLIPTextEncode)"),
+        io.Conditioning.Input("positive", tooltip="the prompt's conditioning: CLIPTextEncode (umt5), or for "
+                                                  "image-to-video WanImageToVideo's positive (it carries the image)"),
         io.Conditioning.Input("negative", tooltip="the negative prompt's conditioning; unused when both cfg are 1.0"),
-        io.Latent.Input("latent", tooltip="e.g. EmptyHunyuanLatentVideo (16 channels, Wan2.1 space)"),
+        io.Latent.Input("latent", tooltip="EmptyHunyuanLatentVideo (text-to-video) or WanImageToVideo's latent "
+                                          "(16 channels, Wan2.1 space)"),
     ]
-    # Defaults are the core's (SamplerSettings), so the widgets and a job built in code agree.
+    # Defaults: the official Wan2.2 14B template's 20-step path (euler / simple, cfg 3.5, split in half).
     sampling = [
         io.Int.Input("seed", default=SamplerSettings.seed, min=0, max=2**63 - 1, control_after_generate=True,
-                     tooltip="seed of the initial noise"),
-        io.Int.Input("steps", default=SamplerSettings.steps, min=1, max=1000,
-                     tooltip="denoising steps of both experts together"),
-        io.Float.Input("cfg", default=SamplerSettings.cfg_high, min=1.0, max=30.0, step=0.1,
-                       tooltip="guidance of the high-noise expert; 1.0 turns CFG off"),
-        io.Float.Input("cfg_low_noise", default=SamplerSettings.cfg_low, min=1.0, max=30.0, step=0.1,
+                     tooltip="seed of the initial noise (ComfyUI's: the same seed gives the same noise)"),
+        io.Int.Input("steps", default=20, min=1, max=1000,
+                     tooltip="denoising steps of both experts together (templates: 20, Lightning LoRA: 4)"),
+        io.Float.Input("cfg", default=3.5, min=0.0, max=30.0, step=0.1,
+                       tooltip="guidance of the high-noise expert; 1.0 turns CFG off (one forward per step)"),
+        io.Float.Input("cfg_low_noise", default=3.5, min=0.0, max=30.0, step=0.1,
                        tooltip="guidance of the low-noise expert; 1.0 turns CFG off"),
-        io.Float.Input("shift", default=SamplerSettings.shift, min=0.1, max=100.0, step=0.1,
-                       tooltip="flow-matching timestep shift (Wan2.2 T2V: 12)"),
+        io.Float.Input("shift", default=0.0, min=0.0, max=100.0, step=0.1,
+                       tooltip="ModelSamplingSD3's shift; 0 = auto: 8 for T2V, 5 for I2V (the templates' 20-step "
+                               "paths; their Lightning paths use 5)"),
+        io.Combo.Input("sampler_name", options=list(SAMPLERS), default=SamplerSettings.sampler,
+                       tooltip="euler: ComfyUI's euler, step for step; wan_flow_unipc: diffusers' flow UniPC, the "
+                               "solver of Wan's own pipelines (not ComfyUI's uni_pc)"),
         io.Combo.Input("scheduler", options=list(SCHEDULERS), default=SamplerSettings.scheduler,
-                       tooltip="the sigma schedule of the steps"),
+                       tooltip="ComfyUI's sigma schedule of the steps (templates: simple)"),
+        io.Combo.Input("expert_switch", options=list(EXPERT_SWITCHES), default="step",
+                       tooltip="step: the low-noise expert from switch_step on (the templates' two "
+                               "KSamplerAdvanced split); boundary: Wan's rule, by the loader's boundary"),
+        io.Int.Input("switch_step", default=-1, min=-1, max=1000,
+                     tooltip="with expert_switch 'step': the first low-noise step; -1 = half the steps (10 of "
+                             "20, 2 of 4, as the templates split)"),
     ]
     parallel = [
         io.String.Input("gpus", default=AUTO,
@@ -130,15 +146,32 @@ def conditioning_tensor(conditioning, name: str) -> torch.Tensor:
     return conditioning[0][0]
 
 
+def sampler_settings(inputs: Mapping[str, Any], kind: str) -> SamplerSettings:
+    model, steps = inputs["model"], inputs["steps"]
+    switch = inputs["switch_step"]
+    return SamplerSettings(
+        steps=steps, seed=inputs["seed"], cfg_high=inputs["cfg"], cfg_low=inputs["cfg_low_noise"],
+        shift=inputs["shift"] or AUTO_SHIFT[kind], sampler=inputs["sampler_name"], scheduler=inputs["scheduler"],
+        boundary=model.boundary_or_auto(),
+        switch_step=None if inputs["expert_switch"] == "boundary" else (steps // 2 if switch < 0 else switch),
+    )
+
+
+def image_of(positive, negative, latent_shape) -> torch.Tensor | None:
+    """The image channels of WanImageToVideo's conditioning (the same on both sides), if any."""
+    found = conditioning_image(positive) or conditioning_image(negative)
+    return None if found is None else image_channels(*found, latent_shape)
+
+
 def job_and_engine(inputs: Mapping[str, Any]) -> tuple[Job, EngineOptions]:
     """The job and the engine options from the node's inputs, checked against the model (no GPU work)."""
     model, steps = inputs["model"], inputs["steps"]
     preset, scm_mask, quantization = (inputs.get(k) for k in ("cache_config", "scm_mask", "quantization"))
-    sampler = SamplerSettings(steps=steps, seed=inputs["seed"], cfg_high=inputs["cfg"], cfg_low=inputs["cfg_low_noise"],
-                              shift=inputs["shift"], scheduler=inputs["scheduler"], boundary=model.boundary)
+    sampler = sampler_settings(inputs, model.kind)
     settings = JobSettings(
         sampler=sampler, cache=preset.cache if preset else None,
         scm=scm_mask if scm_mask is not None else (preset.scm_for(steps) if preset else None),
+        loras=model.loras,
     )
     base = preset.engine if preset else EngineOptions()
     attention = inputs["attention_backend"]
@@ -148,16 +181,19 @@ def job_and_engine(inputs: Mapping[str, Any]) -> tuple[Job, EngineOptions]:
         compile=inputs["compile"] or base.compile,
         attention_backend=base.attention_backend if attention == AUTO else attention,
     )
-    guided = sampler.cfg_high > 1.0 or sampler.cfg_low > 1.0
+    guided = sampler.uses_uncond("high") or sampler.uses_uncond("low")
+    latent = inputs["latent"]["samples"]
     job = Job(cond=conditioning_tensor(inputs["positive"], "positive"),
               uncond=conditioning_tensor(inputs["negative"], "negative") if guided else None,
-              latent=inputs["latent"]["samples"], settings=settings)
+              latent=latent, settings=settings, image=image_of(inputs["positive"], inputs["negative"], latent.shape))
     check_job(model.spec, job)  # before any GPU work
     return job, engine
 
 
-def check_widgets(node: type, gpus, ulysses_degree, cfg_parallel, scheduler, attention_backend) -> None:
-    schema_check(node, ulysses_degree=ulysses_degree, scheduler=scheduler, attention_backend=attention_backend)
+def check_widgets(node: type, gpus, ulysses_degree, cfg_parallel, sampler_name, scheduler, expert_switch,
+                  attention_backend) -> None:
+    schema_check(node, ulysses_degree=ulysses_degree, sampler_name=sampler_name, scheduler=scheduler,
+                 expert_switch=expert_switch, attention_backend=attention_backend)
     if None not in (gpus, ulysses_degree, cfg_parallel):
         parse_layout(gpus, ulysses_degree, cfg_parallel)
 
@@ -170,7 +206,8 @@ def run(inputs: Mapping[str, Any]) -> tuple[dict, str]:
     now = comfy.executing()  # here, in the prompt worker's thread
     steps = job.settings.sampler.steps
     progress = comfy.Progress(steps, now.node_id)
-    group = REGISTRY.acquire(inputs["model"].spec, layout, engine, compile_cache_dir=comfy.data_dir() / "compile")
+    group = REGISTRY.acquire(inputs["model"].spec, layout, engine, loras=job.settings.loras,
+                             compile_cache_dir=comfy.data_dir() / "compile")
 
     def on_step(step, records) -> None:
         progress.step()
@@ -210,13 +247,15 @@ class UlyssesParallelSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, gpus, ulysses_degree, cfg_parallel, scheduler, attention_backend) -> bool | str:
+    def validate_inputs(cls, gpus, ulysses_degree, cfg_parallel, sampler_name, scheduler, expert_switch,
+                        attention_backend) -> bool | str:
         """The layout must fit this machine (the model and latent are links: checked in execute)."""
-        return validation_result(check_widgets, cls, gpus, ulysses_degree, cfg_parallel, scheduler, attention_backend)
+        return validation_result(check_widgets, cls, gpus, ulysses_degree, cfg_parallel, sampler_name, scheduler,
+                                 expert_switch, attention_backend)
 
     @classmethod
     def execute(cls, **inputs) -> io.NodeOutput:
-        check_widgets(cls, *(inputs[k] for k in ("gpus", "ulysses_degree", "cfg_parallel", "scheduler",
-                                                  "attention_backend")))  # again: linked inputs skipped validation
+        check_widgets(cls, *(inputs[k] for k in ("gpus", "ulysses_degree", "cfg_parallel", "sampler_name", "scheduler",
+                                                  "expert_switch", "attention_backend")))  # linked: not validated
         latent, table = run(inputs)
         return io.NodeOutput(latent, table, ui=ui.PreviewText(table))

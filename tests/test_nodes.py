@@ -18,7 +18,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = {"CacheDiT_WanDualTransformerLoader", "CacheDiT_Config", "CacheDiT_SCMMask", "CacheDiT_FP8Quantize",
-       "CacheDiT_UlyssesParallelSampler", "CacheDiT_WanSmokeConditioning"}
+       "CacheDiT_UlyssesParallelSampler", "CacheDiT_WanSmokeConditioning", "CacheDiT_WanDualLoraLoader"}
 
 
 @pytest.fixture(scope="module")
