@@ -79,3 +79,19 @@ def test_rows_land_where_a_strided_copy_would_put_them(strided_source):
     expected = torch.zeros_like(buffer)
     expected.as_strided(tuple(rows.shape), (piece.pitch, 1), piece.offset).copy_(rows)
     assert torch.equal(buffer, expected)
+
+
+@pytest.mark.parametrize("offset, pitch, size, dtype", [
+    (5, 16, 100, torch.float32),  # the last row would end past the buffer
+    (-1, 16, 300, torch.float32),  # before its start
+    (0, 8, 300, torch.float32),  # rows overlapping each other
+    (0, 16, 300, torch.bfloat16),  # another dtype than the buffer's
+], ids=["past-the-end", "negative-offset", "pitch-below-width", "dtype"])
+def test_rows_that_do_not_fit_the_receive_buffer_are_refused_before_any_copy(offset, pitch, size, dtype):
+    from accel.parallel.ulysses.copy_engine import Piece, copy_rows
+
+    rows = torch.randn(7, 16).to(dtype)
+    buffer = torch.zeros(size)
+    with pytest.raises(ValueError, match="do not fit"):
+        copy_rows(buffer, Piece(0, rows, offset=offset, pitch=pitch), stream=None)
+    assert torch.equal(buffer, torch.zeros(size))

@@ -135,6 +135,12 @@ def copy_rows(buffer: torch.Tensor, piece: Piece, stream: torch.cuda.Stream) -> 
     a kernel on the SMs for strided rows)."""
     rows = piece.rows
     height, width = rows.shape
+    # The driver writes wherever it is told: check the rows fit the receiver's buffer first.
+    end = piece.offset + (height - 1) * piece.pitch + width
+    if piece.offset < 0 or piece.pitch < width or rows.stride(1) != 1 or rows.dtype != buffer.dtype \
+            or end > buffer.numel():
+        raise ValueError(f"rows {height}x{width} (pitch {piece.pitch}, from element {piece.offset}, {rows.dtype}) do "
+                         f"not fit the {buffer.numel()}-element {buffer.dtype} receive buffer")
     if rows.is_contiguous() and (height == 1 or piece.pitch == width):
         buffer[piece.offset:piece.offset + height * width].view(height, width).copy_(rows)
         return
