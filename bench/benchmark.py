@@ -28,13 +28,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from accel.job.settings import EngineOptions, JobSettings, ModelSpec, QuantSettings, SamplerSettings  # noqa: E402
+from accel.job.presets import load_preset  # noqa: E402
+from accel.job.settings import (  # noqa: E402
+    EngineOptions,
+    JobSettings,
+    ModelSpec,
+    QuantSettings,
+    SamplerSettings,
+)
 from accel.logs import setup_logging  # noqa: E402
 from accel.model.loading import load_experts  # noqa: E402
 from accel.parallel.group import WorkerGroup  # noqa: E402
 from accel.parallel.layout import ParallelLayout  # noqa: E402
-from accel.job.presets import load_preset  # noqa: E402
-from bench.common import RESULTS, WARM_STEPS, device_name, relative_error, tokens, versions, video_job  # noqa: E402
+from bench.common import (  # noqa: E402
+    RESULTS,
+    WARM_STEPS,
+    device_name,
+    relative_error,
+    tokens,
+    versions,
+    video_job,
+)
 from bench.peer import enable_cachedit_own, masks_for, plain_loop  # noqa: E402
 
 
@@ -59,7 +73,8 @@ class Bench:
 
     def job(self, steps: int, preset: str = "none"):
         chosen = load_preset(preset)
-        settings = JobSettings(sampler=SamplerSettings(steps=steps, seed=self.args.seed), cache=chosen.cache,
+        settings = JobSettings(sampler=SamplerSettings(steps=steps, seed=self.args.seed, sampler="wan_flow_unipc"),
+                               cache=chosen.cache,
                                scm=chosen.scm_for(steps))
         if self.tiny:
             job = video_job(settings, 64, 64, 9, self.text_dim)

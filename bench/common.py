@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from accel.job.settings import JobSettings
 from accel.job.job import Job
+from accel.job.settings import JobSettings
 from accel.job.smoke import smoke_embeddings
 
 RESULTS = Path(__file__).resolve().parent / "results"

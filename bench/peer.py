@@ -8,37 +8,35 @@ import time
 
 import torch
 
-from accel.job.settings import CacheSettings, ScmSettings
-from accel.model.latent import process_in, process_out
-from accel.model.loading import DualExperts
 from accel.job.job import Job
-from accel.sampling.loop import synchronize
-from accel.sampling.schedules import expert_of_steps, make_scheduler
 from accel.job.scm import expert_masks
+from accel.job.settings import CacheSettings, ScmSettings
+from accel.model.latent import process_out
+from accel.model.loading import DualExperts
+from accel.sampling.comfy_sigmas import comfy_noise
+from accel.sampling.loop import start_latent, synchronize
+from accel.sampling.schedules import make_sampler
 
 
 def plain_loop(experts: DualExperts, job: Job, device: torch.device) -> tuple[torch.Tensor, float]:
     """The two-expert flow-matching loop with bare modules; returns (latent, denoise seconds)."""
     sampler = job.settings.sampler
-    scheduler = make_scheduler(sampler)
+    schedule = make_sampler(sampler, device)
     dtype = experts.high.dtype
-    noise = torch.randn(job.latent.shape, generator=torch.Generator("cpu").manual_seed(sampler.seed))
-    sigma0 = float(scheduler.sigmas[0])
-    latents = (sigma0 * noise + (1 - sigma0) * process_in(job.latent.float())).to(device)
+    latents = start_latent(job.latent, comfy_noise(sampler.seed, job.latent.shape), sampler.sigmas()[0]).to(device)
     cond, uncond = job.cond.to(device, dtype), job.uncond.to(device, dtype)
     synchronize(device)
     began = time.perf_counter()
     with torch.no_grad():
-        for t, expert in zip(scheduler.timesteps, expert_of_steps(scheduler.timesteps, sampler.boundary)):
+        for step, expert in enumerate(sampler.experts()):
             module = experts.expert(expert)
-            guidance = sampler.guidance(expert)
-            x, timestep = latents.to(dtype), t.expand(latents.shape[0]).to(device)
-            pred = module(hidden_states=x, timestep=timestep, encoder_hidden_states=cond, return_dict=False)[0].float()
-            if guidance > 1.0:
-                neg = module(hidden_states=x, timestep=timestep, encoder_hidden_states=uncond,
-                             return_dict=False)[0].float()
-                pred = neg + guidance * (pred - neg)
-            latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+            x, timestep = latents.to(dtype), schedule.timesteps[step].expand(latents.shape[0])
+
+            def forward(text):
+                return module(hidden_states=x, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
+
+            neg = forward(uncond) if sampler.uses_uncond(expert) else None
+            latents = schedule.step(latents, forward(cond), neg, sampler.guidance(expert), step)
     synchronize(device)
     return process_out(latents.float()).cpu(), time.perf_counter() - began
 
@@ -47,7 +45,13 @@ def enable_cachedit_own(experts: DualExperts, cache: CacheSettings, scm: ScmSett
                         masks: dict[str, list[int]]) -> None:
     """cache-dit's documented route for Wan2.2 without a pipeline."""
     import cache_dit
-    from cache_dit import BlockAdapter, DBCacheConfig, ForwardPattern, ParamsModifier, TaylorSeerCalibratorConfig
+    from cache_dit import (
+        BlockAdapter,
+        DBCacheConfig,
+        ForwardPattern,
+        ParamsModifier,
+        TaylorSeerCalibratorConfig,
+    )
 
     def config(expert):
         c = cache.for_expert(expert)
@@ -72,7 +76,6 @@ def enable_cachedit_own(experts: DualExperts, cache: CacheSettings, scm: ScmSett
 
 
 def masks_for(job: Job) -> tuple[dict[str, int], dict[str, list[int]]]:
-    scheduler = make_scheduler(job.settings.sampler)
-    experts = expert_of_steps(scheduler.timesteps, job.settings.sampler.boundary)
+    experts = job.settings.sampler.experts()
     steps_of = {e: experts.count(e) for e in ("high", "low")}
     return steps_of, expert_masks(job.settings.scm, experts) if job.settings.scm else {}
