@@ -31,6 +31,12 @@ QUANT_TYPES = (
     "int8_per_row", "int8_per_tensor", "int8_weight_only",
 )
 DEFAULT_QUANT_EXCLUDES = ("embedder", "embed", "modulation", "mod")  # cache-dit's default
+# Where the experts' weights live on each worker (accel/model/residency.py), fastest first:
+# both on the GPU; only the running one (the other in pinned host memory, swapped at the switch);
+# the running one's transformer blocks streamed from host memory ahead of use. "auto" is resolved
+# on the host before the group starts (accel/job/memory.py), from free GPU memory and the job's tokens.
+RESIDENCY_PLANS = ("resident", "swap", "stream")
+RESIDENCY_CHOICES = ("auto", *RESIDENCY_PLANS)
 # This pack's name -> (cache-dit backend name, Python package it needs)
 ATTENTION_BACKENDS = {
     "native": ("native", None),
@@ -149,8 +155,16 @@ class EngineOptions:
     # all-to-all runs beside another's attention (accel/all_to_all.py): for links where the
     # exchange is long. On NVLinked H200s two chunks were slower (bench/results/*-findings.md).
     ulysses_head_chunks: int = 1
+    # RESIDENCY_CHOICES; part of the group key once resolved (a job that needs another plan
+    # restarts the group). Placement only: a plan never changes what is computed.
+    residency: str = "resident"
+    # Why "auto" picked the plan (the host's memory table), for the decision table's notes; not
+    # part of the group key.
+    residency_reason: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        if self.residency not in RESIDENCY_CHOICES:
+            raise UserInputError(f"residency {self.residency!r} is unknown; expected one of {RESIDENCY_CHOICES}")
         if isinstance(self.ulysses_head_chunks, bool) or not isinstance(self.ulysses_head_chunks, int) \
                 or self.ulysses_head_chunks < 1:
             raise UserInputError(f"ulysses_head_chunks must be an integer >= 1, got {self.ulysses_head_chunks!r}")

@@ -7,24 +7,61 @@ layout reuses it (weights stay loaded), a different one replaces it. It is shut 
 from __future__ import annotations
 
 import atexit
+import dataclasses
+import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
+from ..job import memory
 from ..job.settings import EngineOptions, LoraChain, ModelSpec
+from ..model.files import model_config_for
 from .group import WorkerGroup, group_key
 from .layout import ParallelLayout
+
+log = logging.getLogger(__name__)
+
+
+def resolve_residency(spec: ModelSpec, layout: ParallelLayout, engine: EngineOptions,
+                      latent_shape: Sequence[int] | None, budgets: dict[str, int]) -> EngineOptions:
+    """The plan for "auto" (the fastest whose estimated peak fits the smallest GPU budget), or the
+    forced one; a prompt that fits no plan is a UserInputError here, before any weights move."""
+    quantized = engine.quantize is not None or spec.fp8_scaled == "as_stored"
+    memory.check_plan(engine.residency, quantized)
+    if engine.residency != "auto" and not budgets:
+        return engine
+    config = model_config_for(spec)
+    tokens = memory.job_tokens(latent_shape, config["patch_size"]) if latent_shape is not None else 0
+    need = memory.MemoryNeed.estimate(config, spec.dtype, quantized, tokens, layout.ulysses, engine.ulysses_copy_engine and layout.devices is not None)
+    choice = memory.choose_plan(engine.residency, need, budgets)
+    (log.warning if not choice.fits else log.info)("%s", choice.reason())
+    return dataclasses.replace(engine, residency=choice.plan, residency_reason=choice.reason())
 
 
 class WorkerGroupRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._group: WorkerGroup | None = None
+        self._budgets: dict[str, int] = {}  # usable GPU memory measured before the warm group started
+
+    def _budgets_for(self, layout: ParallelLayout) -> dict[str, int]:
+        """Usable memory of the layout's GPUs: as measured before the warm group started on a GPU
+        it holds (its own weights are not a lack of memory), else measured now."""
+        if layout.devices is None:
+            return {}
+        fresh = [d for d in layout.devices if f"GPU {d}" not in self._budgets or self._group is None]
+        measured = memory.usable_bytes(fresh) if fresh else {}
+        return {f"GPU {d}": measured.get(f"GPU {d}", self._budgets.get(f"GPU {d}")) for d in layout.devices}
 
     def acquire(self, spec: ModelSpec, layout: ParallelLayout, engine: EngineOptions | None = None,
-                loras: LoraChain = (), compile_cache_dir: Path | None = None) -> WorkerGroup:
+                loras: LoraChain = (), compile_cache_dir: Path | None = None,
+                latent_shape: Sequence[int] | None = None) -> WorkerGroup:
+        """``latent_shape``: the job's latent, for the residency plan's memory estimate ("auto")."""
         engine = engine or EngineOptions()
         with self._lock:
             group = self._group
+            budgets = self._budgets_for(layout)
+            engine = resolve_residency(spec, layout, engine, latent_shape, budgets)
             if group is not None and group.key == group_key(spec, layout, engine, loras) and group.alive:
                 return group
             replacement = WorkerGroup(spec, layout, engine, loras=loras, compile_cache_dir=compile_cache_dir)
@@ -32,6 +69,7 @@ class WorkerGroupRegistry:
             if group is not None:
                 group.close()
             self._group = None
+            self._budgets = budgets
             self._group = replacement.start()
             return self._group
 

@@ -14,6 +14,7 @@ from ..caching.similarity import patched_similarity
 from ..diagnostics.trace import StepRecord, Trace
 from ..errors import JobCancelled
 from ..job.job import Job, JobResult, validate_for_model
+from ..job.memory import job_tokens
 from ..job.scm import expert_masks
 from ..job.settings import EXPERTS
 from ..model.engine import compile_seconds
@@ -119,6 +120,8 @@ def run_job(
         if expert in experts_of_step
     }
     runtime.caches.refresh(plans)
+    # The job's first expert onto the device (swap / stream plans; the next one too if it fits).
+    runtime.residency.begin_job(experts_of_step, job_tokens(job.latent.shape, runtime.experts.config["patch_size"]))
 
     batch = job.latent.shape[0]
     texts = {"cond": job.cond, "uncond": job.uncond}
@@ -150,6 +153,8 @@ def run_job(
             if step == hand_over:
                 latents = leftover_noise_round_trip(latents, sigma)
             expert = experts_of_step[step]
+            if step and expert != experts_of_step[step - 1]:
+                runtime.residency.switch_to(expert)  # the expert switch: its weights onto the device
             branches = ["cond", "uncond"] if sampler.uses_uncond(expert) else ["cond"]
             module = runtime.experts.expert(expert)
             model_in = model_input.of(latents)
@@ -181,6 +186,7 @@ def run_job(
     synchronize(device)
     trace.info["denoise_s"] = time.perf_counter() - started
     trace.info["compile_s"] = compile_wall_s
+    trace.info["residency"] = runtime.residency.end_job()  # the plan and what moved, when
     if device.type == "cuda":
         trace.info["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     return JobResult(latent=process_out(inverse_noise_scaling(sigmas[-1], latents.float())).cpu(), trace=trace)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 
 from ..caching.contexts import ExpertCaches
-from ..job.settings import EngineOptions, LoraChain, ModelSpec
+from ..job import memory
+from ..job.settings import EXPERTS, RANDOM_SOURCES, EngineOptions, LoraChain, ModelSpec
 from ..model.engine import (
     compile_block_ops,
     quantize_and_compile,
@@ -17,7 +19,50 @@ from ..model.engine_check import check_engine
 from ..model.fused_block import fuse_block_ops
 from ..model.loading import DualExperts, load_experts
 from ..model.lora_patching import LoraPatcher
+from ..model.residency import Residency, make_residency
 from .topology import LocalTopology, Topology
+
+log = logging.getLogger(__name__)
+
+
+def apply_memory_fraction(device: torch.device) -> None:
+    """Diagnostic: ACCEL_GPU_MEMORY_FRACTION caps this process's GPU memory (the caching
+    allocator's), e.g. 24 GiB of an H200 for a 24 GB card's budget; the host's plan choice reads
+    the same variable (job/memory.py)."""
+    fraction = memory.memory_fraction()
+    if fraction is not None and device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+        log.info("GPU memory capped at %.3f of %s (%s)", fraction, device, memory.MEMORY_FRACTION_ENV)
+
+
+def resolve_in_process(engine: EngineOptions, spec: ModelSpec, device: torch.device, ulysses: int,
+                       tokens: int) -> EngineOptions:
+    """"auto" here, when no host chose (one process, or a group started without it): from this
+    device's free memory and ``tokens`` (0: weights only)."""
+    if engine.residency != "auto":
+        return engine
+    import dataclasses
+
+    need = memory.MemoryNeed.estimate(dict(memory_config(spec)), spec.dtype, quantized(engine, spec), tokens, ulysses,
+                                      engine.ulysses_copy_engine and device.type == "cuda")
+    budgets = {}
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        fraction = memory.memory_fraction()
+        budgets[str(device)] = min(free, int(fraction * total)) if fraction is not None else free
+    choice = memory.choose_plan("auto", need, budgets)
+    log.info("%s", choice.reason())
+    return dataclasses.replace(engine, residency=choice.plan, residency_reason=choice.reason())
+
+
+def memory_config(spec: ModelSpec) -> dict:
+    from ..model.files import model_config_for
+
+    return model_config_for(spec)
+
+
+def quantized(engine: EngineOptions, spec: ModelSpec) -> bool:
+    return engine.quantize is not None or spec.fp8_scaled == "as_stored"
 
 
 class Runtime:
@@ -32,26 +77,45 @@ class Runtime:
         self.caches = ExpertCaches(experts)
         self.loras = LoraPatcher(experts, experts.spec)
         self.engine_notes: list[str] = []  # what loading applied differently from the request
+        self.residency: Residency = Residency()  # where the weights live (model/residency.py)
 
     @property
     def notes(self) -> list[str]:
         """For the decision table's header."""
-        return [*self.engine_notes, *self.loras.notes]
+        chosen = [self.engine.residency_reason] if self.engine.residency_reason else []
+        plan = [*chosen, *(self.residency.notes or [f"residency {self.residency.plan}"])]
+        return [*self.engine_notes, *self.loras.notes, *plan]
 
     def apply_loras(self, chain: LoraChain) -> None:
-        """Merge ``chain`` into the weights (a no-op when it is the merged one)."""
+        """Merge ``chain`` into the weights (a no-op when it is the merged one). Under swap and
+        stream a changed weight is written where it lives now, then copied into its host mirror."""
+        if chain == self.loras.chain:
+            return
+        self.residency.settle()  # no copy from a mirror in flight while the patcher writes
+        before = {expert: set(names) for expert, names in self.loras.patched.items()}
         self.loras.apply(chain, quantized=self.engine.quantize is not None)
+        self.residency.sync_mirrors({e: before[e] | self.loras.patched[e] for e in EXPERTS})
 
     @classmethod
     def load(cls, spec: ModelSpec, device: torch.device | str = "cpu", engine: EngineOptions | None = None,
              parallelize: Callable[[DualExperts], None] | None = None,
-             topology: Topology | None = None, loras: LoraChain = ()) -> "Runtime":
+             topology: Topology | None = None, loras: LoraChain = (), tokens: int = 0) -> "Runtime":
         """Load the experts, fuse their blocks' elementwise ops, attach cache hooks, merge the LoRA
-        chain, then (in cache-dit's order) parallelism, attention backend, quantization and compile."""
+        chain, then (in cache-dit's order) parallelism, attention backend, quantization and compile;
+        last, place the weights by the residency plan. Under swap and stream the experts load into
+        host memory and everything up to quantization runs there (cache-dit's torchao quantization
+        takes CPU modules when CUDA is present); then both get pinned host mirrors and the
+        high-noise expert goes to the device. ``tokens``: the job size, only for an "auto" plan
+        that no host resolved."""
         device = torch.device(device)
         engine = engine or EngineOptions()
         check_engine(engine, spec, device)
-        experts = load_experts(spec, device)
+        topology = topology or LocalTopology()
+        ulysses = _sp_degree(topology)
+        engine = resolve_in_process(engine, spec, device, ulysses, tokens)
+        plan = engine.residency
+        memory.check_plan(plan, quantized(engine, spec))  # before any weights move
+        experts = _load_for(plan, spec, device)
         compiled = compile_block_ops(engine, device)
         for module in (experts.high, experts.low):  # before any hook wraps a block's forward
             fuse_block_ops(module, compiled=compiled)
@@ -61,4 +125,34 @@ class Runtime:
             parallelize(runtime.experts)
         set_attention_backend(runtime.experts, engine)
         runtime.engine_notes = quantize_and_compile(runtime.experts, engine)
+        apply_memory_fraction(device)  # here: a random preset is built on the device before (see _load_for)
+        runtime.residency = make_residency(plan, runtime.experts, device, dtype=spec.dtype, sp_degree=ulysses)
+        log.info("residency plan %s on %s", plan, device)
         return runtime
+
+
+def _load_for(plan: str, spec: ModelSpec, device: torch.device) -> DualExperts:
+    """Resident: onto the device. Swap / stream: into host memory, except the random presets,
+    whose weights come from the device's generator (CPU and CUDA draw different numbers): built
+    there one expert at a time and moved to the host, so that every plan computes with the very
+    weights resident does (the device must hold one expert while it is built)."""
+    if plan == "resident":
+        return load_experts(spec, device)
+    if spec.source not in RANDOM_SOURCES or device.type == "cpu":
+        return load_experts(spec, torch.device("cpu"))
+    from ..model.files import RANDOM_CONFIGS
+    from ..model.loading import TORCH_DTYPES, _random_expert
+
+    config, dtype = RANDOM_CONFIGS[spec.source], TORCH_DTYPES[spec.dtype]
+    high, low = (_random_expert(config, seed, dtype, device).to("cpu") for seed in (spec.seed, spec.seed + 1))
+    torch.cuda.empty_cache()
+    return DualExperts(high=high.eval().requires_grad_(False), low=low.eval().requires_grad_(False), spec=spec)
+
+
+def _sp_degree(topology: Topology) -> int:
+    group = getattr(topology, "sp_group", None)
+    if group is None:
+        return 1
+    import torch.distributed as dist
+
+    return dist.get_world_size(group)
