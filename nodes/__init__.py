@@ -12,9 +12,10 @@ from .quantize import FP8Quantize
 from .sampler import UlyssesParallelSampler
 from .scm_mask import SCMMask
 from .smoke import WanSmokeConditioning
+from .vae_decode import WanVAEDecode
 
 NODES = [WanDualTransformerLoader, WanDualLoraLoader, CacheDiTConfig, SCMMask, FP8Quantize, UlyssesParallelSampler,
-         WanSmokeConditioning]
+         WanVAEDecode, WanSmokeConditioning]
 
 # Node ids before the CacheDiT_ prefix (the pack's saved workflows were migrated; see examples/workflows).
 OLD_NODE_IDS = {

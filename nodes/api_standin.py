@@ -128,6 +128,6 @@ class ComfyExtension(ABC):
 io = SimpleNamespace(
     ComfyNode=ComfyNode, Schema=Schema, NodeOutput=NodeOutput, Custom=Custom,
     Int=Custom("INT"), Float=Custom("FLOAT"), String=Custom("STRING"), Boolean=Custom("BOOLEAN"),
-    Combo=Custom("COMBO"), Latent=Custom("LATENT"), Conditioning=Custom("CONDITIONING"),
+    Combo=Custom("COMBO"), Latent=Custom("LATENT"), Conditioning=Custom("CONDITIONING"), Image=Custom("IMAGE"),
 )
 ui = SimpleNamespace(PreviewText=PreviewText)

@@ -297,3 +297,41 @@ class WorkerGroup:
                 raise JobCancelled(message.payload["message"])
             else:
                 self._fail_with(message)
+
+    # the VAE (model/vae.py): loaded by the workers on first use, kept warm beside the experts
+
+    def decode(self, latent: torch.Tensor, vae_path: str | Path, tiling: str | bool = "auto", *,
+               tile: tuple[int, int] | None = None, dtype: str = "auto", timeout_s: float = 3600.0) -> torch.Tensor:
+        """A LATENT's samples [B, 16, T, h, w] -> IMAGE frames [B*T, 8h, 8w, 3], float32 in 0..1, as
+        ComfyUI's VAEDecode gives them. Tiled (True / "on", or "auto" where tiles are faster or whole
+        frames would not fit), every rank decodes a share of the tiles (cache-dit's DP decode)."""
+        return self._vae_request("decode", vae_path, tiling, tile, dtype, timeout_s, latent=latent)["frames"].float()
+
+    def encode(self, images: torch.Tensor, vae_path: str | Path, tiling: str | bool = "auto", *,
+               tile: tuple[int, int] | None = None, dtype: str = "auto", timeout_s: float = 3600.0) -> torch.Tensor:
+        """IMAGE frames [T, H, W, 3] in 0..1 -> a LATENT's samples [1, 16, 1 + (T-1)//4, H/8, W/8], as
+        ComfyUI's VAEEncode gives them."""
+        return self._vae_request("encode", vae_path, tiling, tile, dtype, timeout_s, images=images)["latent"]
+
+    def _vae_request(self, kind: str, vae_path, tiling: str | bool, tile, dtype: str, timeout_s: float,
+                     **tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+        from ..model import vae
+
+        if not self.alive:
+            raise WorkerGroupError("the worker group is not running")
+        if self._job_running:
+            raise WorkerGroupError("the worker group is running a job")
+        vae.vae_config(vae_path)  # a missing or wrong file is refused here, before the workers see it
+        vae.vae_dtype(dtype, torch.device("cpu"))  # a known name
+        (vae.check_latent if kind == "decode" else vae.check_images)(next(iter(tensors.values())))
+        tiling = {True: "on", False: "off"}.get(tiling, tiling) if isinstance(tiling, bool) else tiling
+        if tiling not in vae.TILING_MODES:
+            raise UserInputError(f"tiling {tiling!r} is unknown; expected one of {vae.TILING_MODES}")
+        payload = {"vae_path": str(vae_path), "tiling": tiling, "dtype": dtype,
+                   "tile": None if tile is None else list(vae.parse_tile(tile))}
+        send(self.conn, Message(kind, payload, tensors))
+        message = self._wait_message(time.monotonic() + timeout_s, f"running the VAE {kind}")
+        if message.kind != vae.VAE_REQUESTS[kind]:
+            self._fail_with(message)
+        self.last_vae_info = message.payload  # timings of the last decode/encode (benchmarks)
+        return message.tensors

@@ -25,6 +25,7 @@ from ..errors import JobCancelled, UserInputError
 from ..job.job import Job
 from ..job.settings import EngineOptions, JobSettings, ModelSpec, chain_from_json
 from ..logs import setup_logging
+from ..model.vae import VAE_REQUESTS, GroupVae
 from ..sampling.loop import run_job
 from ..sampling.runtime import Runtime
 from ..sampling.topology import GroupTopology
@@ -136,9 +137,26 @@ class Worker:
             message = self._broadcast(receive(self.conn) if self.rank == 0 else None)
             if message.kind == "shutdown":
                 return
+            if message.kind in VAE_REQUESTS:
+                self._vae(message)
+                continue
             if message.kind != "job":
                 continue  # a cancel that arrived after its job ended
             self._run(message)
+
+    def _vae(self, message: Message) -> None:
+        """A VAE decode or encode (model/vae.py) with the VAE this group keeps loaded (the first request
+        loads it, a request for another file replaces it); every rank takes part, rank 0 answers."""
+        if getattr(self, "vae", None) is None:
+            self.vae = GroupVae(self.device, self.rank, self.config.world)
+        try:
+            kind, payload, tensors = self.vae.serve(message.kind, message.payload, message.tensors)
+        except UserInputError as error:  # the file or the input: every rank refuses it before any collective
+            if self.rank == 0:
+                send(self.conn, Message("error", {"kind": "input", "message": str(error)}))
+            return
+        if self.rank == 0:
+            send(self.conn, Message(kind, payload, tensors))
 
     def _run(self, message: Message) -> None:
         job = Job(
