@@ -7,7 +7,7 @@ from ..accel.job.settings import DTYPES, FP8_SCALED_MODES, RANDOM_SOURCES, Model
 from ..accel.model.files import model_config_for
 from . import comfy
 from .comfy import io
-from .handles import CATEGORY, NODE_PREFIX, ModelHandle, WanDualModel
+from .handles import CATEGORY, NODE_PREFIX, ModelHandle, WanDualModel, schema_check
 
 SOURCES = ("single-file", "diffusers", *RANDOM_SOURCES)
 NONE = "none"
@@ -106,9 +106,11 @@ class WanDualTransformerLoader(io.ComfyNode):
         entry of ComfyUI's list, then reads the files' headers. ``boundary`` is not named: ComfyUI
         keeps its range check. Linked (converted) inputs arrive as None: checked in execute."""
         values = (source, high_noise_model, low_noise_model, diffusers_model, dtype, fp8_scaled)
-        if any(v is None for v in values):
-            return True
         try:
+            # the fixed choices it names (a random source ignores dtype / fp8_scaled: checked here)
+            schema_check(cls, source=source, dtype=dtype, fp8_scaled=fp8_scaled)
+            if any(v is None for v in values):
+                return True
             model_spec(*values)
         except UserInputError as error:
             return str(error)
@@ -117,5 +119,6 @@ class WanDualTransformerLoader(io.ComfyNode):
     @classmethod
     def execute(cls, source, high_noise_model, low_noise_model, diffusers_model, dtype, fp8_scaled,
                 boundary) -> io.NodeOutput:
+        schema_check(cls, source=source, dtype=dtype, fp8_scaled=fp8_scaled)  # linked: not validated
         spec = model_spec(source, high_noise_model, low_noise_model, diffusers_model, dtype, fp8_scaled)
         return io.NodeOutput(ModelHandle(spec=spec, boundary=boundary or None))

@@ -19,6 +19,7 @@ from ..accel.job.image_to_video import conditioning_image, image_channels
 from ..accel.job.job import Job, check_job
 from ..accel.job.settings import (
     ATTENTION_BACKENDS,
+    RESIDENCY_CHOICES,
     SAMPLERS,
     SCHEDULERS,
     EngineOptions,
@@ -102,6 +103,13 @@ def sampler_inputs() -> list:
         CacheConfig.Input("cache_config", optional=True, tooltip="from Cache-DiT Config; empty: no caching"),
         ScmMask.Input("scm_mask", optional=True, tooltip="from SCM Mask; empty: the preset's mask, if any"),
         Quantization.Input("quantization", optional=True, tooltip="from FP8 Quantize; empty: the preset's, if any"),
+        # Optional and last: the frontend stores optional widgets after the required ones, so
+        # workflows saved before it keep their values in place.
+        io.Combo.Input("residency", options=list(RESIDENCY_CHOICES), default=AUTO, optional=True,
+                       tooltip="where the experts' weights live on each GPU. auto: the fastest plan that fits the "
+                               "GPU's free memory for this prompt; resident: both experts on the GPU; swap: only the "
+                               "running expert (the other in host RAM, copied in at the switch); stream: the running "
+                               "expert's blocks streamed from host RAM (cards smaller than one expert)"),
     ]
     return [*model, *sampling, *parallel, *engine, *handles]
 
@@ -180,6 +188,7 @@ def job_and_engine(inputs: Mapping[str, Any]) -> tuple[Job, EngineOptions]:
         quantize=quantization if quantization is not None else base.quantize,
         compile=inputs["compile"] or base.compile,
         attention_backend=base.attention_backend if attention == AUTO else attention,
+        residency=inputs.get("residency") or AUTO,
     )
     guided = sampler.uses_uncond("high") or sampler.uses_uncond("low")
     latent = inputs["latent"]["samples"]
@@ -207,7 +216,7 @@ def run(inputs: Mapping[str, Any]) -> tuple[dict, str]:
     steps = job.settings.sampler.steps
     progress = comfy.Progress(steps, now.node_id)
     group = REGISTRY.acquire(inputs["model"].spec, layout, engine, loras=job.settings.loras,
-                             compile_cache_dir=comfy.data_dir() / "compile")
+                             compile_cache_dir=comfy.data_dir() / "compile", latent_shape=tuple(job.latent.shape))
 
     def on_step(step, records) -> None:
         progress.step()

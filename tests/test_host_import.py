@@ -56,15 +56,26 @@ def test_building_schemas_and_validating_prompts_imports_nothing_heavy():
     calls = textwrap.dedent("""
         import asyncio
         nodes = {c.define_schema().node_id: c for c in asyncio.run(asyncio.run(pack.comfy_entrypoint()).get_node_list())}
-        checks = {
-            "CacheDiT_WanDualTransformerLoader": ("tiny-random", "none", "none", "none", "bf16"),
-            "CacheDiT_Config": ("sglang-fast",),
-            "CacheDiT_SCMMask": (20, "fast", "dynamic", "", ""),
-            "CacheDiT_FP8Quantize": ("float8_per_row",),
-            "CacheDiT_UlyssesParallelSampler": ("cpu", 0, False, None, "auto"),
+        import tempfile, torch
+        from safetensors.torch import save_file
+        lora = tempfile.mkdtemp() + "/tiny_lora.safetensors"  # outside ComfyUI a LoRA name is its path
+        save_file({"diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.zeros(24, 4),
+                   "diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.zeros(4, 24)}, lora)
+        checks = {  # by name, as ComfyUI calls validate_inputs
+            "CacheDiT_WanDualTransformerLoader": dict(source="tiny-random-i2v", high_noise_model="none",
+                                                      low_noise_model="none", diffusers_model="none", dtype="bf16",
+                                                      fp8_scaled="dequantize"),
+            "CacheDiT_WanDualLoraLoader": dict(lora_name=lora),
+            "CacheDiT_Config": dict(preset="sglang-fast"),
+            "CacheDiT_SCMMask": dict(steps=20, preset="fast", policy="dynamic", compute_bins="", cache_bins=""),
+            "CacheDiT_FP8Quantize": dict(quant_type="float8_per_row"),
+            "CacheDiT_UlyssesParallelSampler": dict(gpus="cpu", ulysses_degree=0, cfg_parallel=False,
+                                                    sampler_name="euler", scheduler=None, expert_switch="step",
+                                                    attention_backend="auto"),
         }
         for node_id, args in checks.items():
-            assert nodes[node_id].validate_inputs(*args) is True, (node_id, nodes[node_id].validate_inputs(*args))
+            assert nodes[node_id].validate_inputs(**args) is True, (node_id, nodes[node_id].validate_inputs(**args))
+        assert "only .safetensors" in nodes["CacheDiT_WanDualLoraLoader"].validate_inputs(lora_name="x.pt")
     """)
     report = run_in_fresh_python(IMPORT_AS_COMFYUI + calls + REPORT)
     assert not heavy_roots(report), f"validation in the host process imported {sorted(heavy_roots(report))}"

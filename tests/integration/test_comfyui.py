@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -23,9 +26,30 @@ ROOT = Path(__file__).resolve().parents[2]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run these tests")
 
-SMOKE = json.loads((ROOT / "examples" / "workflows" / "smoke_api.json").read_text())
+WORKFLOWS = ROOT / "examples" / "workflows"
+SMOKE = json.loads((WORKFLOWS / "smoke_api.json").read_text())
 PACK_NODES = {"CacheDiT_WanDualTransformerLoader", "CacheDiT_Config", "CacheDiT_SCMMask", "CacheDiT_FP8Quantize",
-              "CacheDiT_UlyssesParallelSampler", "CacheDiT_WanSmokeConditioning"}
+              "CacheDiT_UlyssesParallelSampler", "CacheDiT_WanSmokeConditioning", "CacheDiT_WanDualLoraLoader"}
+SMOKE_LORA = "cachedit_tiny_random_lora.safetensors"  # smoke_lora_*.json's LoRA, made by the README's command
+START_IMAGE = "example.png"  # the I2V examples' Load Image (ComfyUI ships input/example.png)
+
+
+def write_png(path: Path, size: int = 16) -> None:
+    """A gray RGB PNG (the I2V examples' start image), written without an image library."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\x80" * (3 * size) for _ in range(size))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def readme_lora_command(target: Path) -> list[str]:
+    """examples/workflows/README.md's one-line command that writes the tiny LoRA, run by ComfyUI's Python."""
+    block = (WORKFLOWS / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    argv = shlex.split(block)
+    assert argv[:2] == ["python", "-c"] and argv[-1].endswith(f"models/loras/{SMOKE_LORA}")
+    return [os.environ.get("COMFYUI_PYTHON", sys.executable), *argv[1:-1], str(target)]
 
 
 def free_port() -> int:
@@ -56,11 +80,16 @@ def server(tmp_path_factory):
     import requests
 
     base = tmp_path_factory.mktemp("comfy")
-    for folder in ("packs", "user", "output"):  # ComfyUI refuses a --user-directory that does not exist
-        (base / folder).mkdir()
+    # ComfyUI refuses a --user-directory that does not exist
+    for folder in ("packs", "user", "output", "input", "models/loras"):
+        (base / folder).mkdir(parents=True)
     (base / "packs" / "comfyui-cachedit-parallel").symlink_to(ROOT)
+    write_png(base / "input" / START_IMAGE)
+    made = subprocess.run(readme_lora_command(base / "models" / "loras" / SMOKE_LORA), check=False, capture_output=True,
+                          timeout=120)
+    assert made.returncode == 0, made.stderr
     extra = base / "extra_model_paths.yaml"
-    extra.write_text(f"pack_under_test:\n  base_path: {base}\n  custom_nodes: packs\n")
+    extra.write_text(f"pack_under_test:\n  base_path: {base}\n  custom_nodes: packs\n  loras: models/loras\n")
     port = free_port()
     log = (base / "server.log").open("w")
     # --disable-smart-memory: ComfyUI then calls unload_all_models after every prompt, which must not
@@ -68,7 +97,7 @@ def server(tmp_path_factory):
     proc = subprocess.Popen(
         [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1", "--port",
          str(port), "--extra-model-paths-config", str(extra), "--output-directory", str(base / "output"),
-         "--user-directory", str(base / "user"), "--disable-smart-memory"],
+         "--user-directory", str(base / "user"), "--input-directory", str(base / "input"), "--disable-smart-memory"],
         cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT,
     )
     SERVER_PID.append(proc.pid)
@@ -181,6 +210,112 @@ def test_smoke_workflow_runs_with_progress_events_and_routes(server):
     assert "high/cond" in record_outputs(server, prompt_id)["7"]["text"][0]  # the sampler's decision table
 
 
+def test_smoke_i2v_workflow_runs_through_the_server(server):
+    """Image to video with no weights: the smoke conditioning's start image reaches the sampler as
+    WanImageToVideo's keys would (the 36-channel tiny model refuses a text-only conditioning)."""
+    prompt_id, events = asyncio.run(run_prompt(server, json.loads((WORKFLOWS / "smoke_i2v_api.json").read_text())))
+    assert "execution_success" in kinds(events), [e for e in events if e["type"] == "execution_error"]
+    assert sum(1 for e in events if e["type"] == "cachedit.step") == 20
+    done = [e for e in events if e["type"] == "cachedit.done"]
+    assert done and done[0]["data"]["summary"]["forwards"] == 40  # cfg 3.5: cond and uncond every step
+    table = record_outputs(server, prompt_id)["5"]["text"][0]
+    assert "low-noise expert from step 10 (switch_step)" in table  # switch_step -1: half the steps
+    text_only = json.loads((WORKFLOWS / "smoke_i2v_api.json").read_text())
+    for node_id in ("3", "4"):  # the smoke conditioning without the latent: no start image
+        del text_only[node_id]["inputs"]["latent"]
+    _, events = asyncio.run(run_prompt(server, text_only))
+    error = next(e for e in events if e["type"] == "execution_error")["data"]
+    assert "needs the latent" in error["exception_message"]
+
+
+def test_smoke_lora_workflow_runs_with_the_readmes_tiny_lora(server):
+    import requests
+
+    loras = requests.get(f"{server}/object_info/CacheDiT_WanDualLoraLoader", timeout=5).json()
+    assert SMOKE_LORA in loras["CacheDiT_WanDualLoraLoader"]["input"]["required"]["lora_name"][1]["options"]
+    _prompt_id, events = asyncio.run(run_prompt(server, json.loads((WORKFLOWS / "smoke_lora_api.json").read_text())))
+    assert "execution_success" in kinds(events), [e for e in events if e["type"] == "execution_error"]
+    done = [e for e in events if e["type"] == "cachedit.done"]
+    assert done and done[0]["data"]["summary"]["forwards"] == 4  # 4 steps at cfg 1: one forward each
+    bad = json.loads((WORKFLOWS / "smoke_lora_api.json").read_text())
+    bad["2"]["inputs"]["lora_name"] = "/etc/hostname"
+    response = requests.post(f"{server}/prompt", json={"prompt": bad}, timeout=10)
+    assert response.status_code == 400
+    details = json.dumps(response.json()["node_errors"]["2"])
+    assert "not in ComfyUI's 'loras' list" in details and "hostname" not in details
+
+
+# The examples' inputs that name model files (none of which this server has)
+FILE_INPUTS = {"high_noise_model", "low_noise_model", "lora_name", "clip_name", "vae_name"}
+
+
+def test_examples_with_real_weights_fail_validation_only_on_their_missing_files(server):
+    """Every other input of the template workflows is accepted by ComfyUI's /prompt validation, the
+    pack's nodes' and ComfyUI's own (Load Image's start image is on this server)."""
+    import requests
+
+    files = sorted(p for p in WORKFLOWS.glob("wan22_*_api.json"))
+    assert len(files) == 5
+    for path in files:
+        prompt = json.loads(path.read_text())
+        response = requests.post(f"{server}/prompt", json={"prompt": prompt}, timeout=30)
+        assert response.status_code == 400, (path.name, response.text[:500])
+        node_errors = response.json()["node_errors"]
+        naming_files = {i for i, n in prompt.items() if FILE_INPUTS & set(n["inputs"])
+                        and n["inputs"].get("source", "single-file") == "single-file"}
+        assert set(node_errors) == naming_files, (path.name, {i: e["class_type"] for i, e in node_errors.items()})
+        for node_id, entry in node_errors.items():
+            for error in entry["errors"]:
+                if error["type"] == "value_not_in_list":  # ComfyUI's own file lists (CLIPLoader, VAELoader)
+                    assert error["extra_info"]["input_name"] in FILE_INPUTS, (path.name, node_id, error)
+                else:  # the pack's nodes: the one text for a name that is not in the list
+                    assert error["type"] == "custom_validation_failed", (path.name, node_id, error)
+                    assert "list: pick an entry of the list" in error["details"], (path.name, node_id, error)
+                    message = error["details"].split(" - ", 1)[1]
+                    assert message.split(":", 1)[0] in FILE_INPUTS, (path.name, node_id, message)
+
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def widget_names(spec: dict) -> list[str]:
+    """A node's widgets in the frontend's order (object_info's input_order: required, then optional)."""
+    inputs = {**spec["input"].get("required", {}), **spec["input"].get("optional", {})}
+    order = spec.get("input_order") or {k: list(spec["input"].get(k, {})) for k in ("required", "optional")}
+    names = [*order.get("required", []), *order.get("optional", [])]
+    return [n for n in names if (isinstance(inputs[n][0], list) or inputs[n][0] in WIDGET_TYPES)
+            and not (len(inputs[n]) > 1 and inputs[n][1].get("forceInput"))]
+
+
+def test_the_examples_builder_describes_comfyuis_nodes_as_this_server_does(server):
+    """examples/workflows/build_examples.py's table of ComfyUI's nodes (sockets, widget order, outputs) is
+    what /object_info says, so the UI-format examples load with each value in its widget."""
+    import importlib.util
+
+    import requests
+
+    spec = importlib.util.spec_from_file_location("cachedit_build_examples", WORKFLOWS / "build_examples.py")
+    builder = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = builder
+    spec.loader.exec_module(builder)
+    info = requests.get(f"{server}/object_info", timeout=30).json()
+    used = set()
+    for path in WORKFLOWS.glob("*_api.json"):
+        used |= {n["class_type"] for n in json.loads(path.read_text()).values()}
+    assert used - PACK_NODES <= set(builder.CORE)
+    for kind, core in builder.CORE.items():
+        node_info = info[kind]
+        assert widget_names(node_info) == core["widgets"], kind
+        inputs = {**node_info["input"].get("required", {}), **node_info["input"].get("optional", {})}
+        sockets = [(name, inputs[name][0], name in node_info["input"].get("optional", {})) for name in inputs
+                   if name not in core["widgets"]]
+        assert sockets == [tuple(s) for s in core["sockets"]], kind
+        assert list(zip(node_info["output_name"], node_info["output"])) == [tuple(o) for o in core["outputs"]], kind
+        upload = any(len(v) > 1 and v[1].get("image_upload") for v in inputs.values())
+        assert bool(core.get("upload")) == upload, kind
+        assert not any(len(v) > 1 and v[1].get("control_after_generate") for v in inputs.values()), kind
+
+
 def record_outputs(server, prompt_id):
     import requests
 
@@ -220,8 +355,8 @@ def test_bad_input_is_a_node_error_and_the_server_keeps_running(server):
     assert "cover 10 steps but the sampler runs 20" in details
     wrong_steps = json.loads(json.dumps(SMOKE))
     wrong_steps["7"]["inputs"]["steps"] = 12
-    prompt_id, events = asyncio.run(run_prompt(server, wrong_steps))
-    error = [e for e in events if e["type"] == "execution_error"][0]["data"]
+    _prompt_id, events = asyncio.run(run_prompt(server, wrong_steps))
+    error = next(e for e in events if e["type"] == "execution_error")["data"]
     assert "SCM mask has 20 steps but the sampler runs 12" in error["exception_message"]
     assert requests.get(f"{server}/object_info/CacheDiT_SCMMask", timeout=5).ok
 
