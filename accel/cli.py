@@ -1,4 +1,5 @@
-"""Command line: ``python -m accel demo`` (tiny random model, decision table) and ``queue``."""
+"""Command line: ``python -m accel demo`` (tiny random model, decision table), ``queue`` and
+``make-smoke-lora``."""
 
 from __future__ import annotations
 
@@ -104,12 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     queue = sub.add_parser("queue", help="run an API-format workflow on a ComfyUI server and print its decisions")
     queue.add_argument("workflow", type=Path)
     queue.add_argument("--server", default="http://127.0.0.1:8188")
+    lora = sub.add_parser("make-smoke-lora", help="write a tiny random LoRA for the smoke workflows (noise, no download)")
+    lora.add_argument("path", type=Path, help="e.g. ComfyUI/models/loras/cachedit_tiny_random_lora.safetensors")
+    lora.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     if args.command == "queue":
         from .client import queue_command
 
         return queue_command(args.workflow, args.server)
+    if args.command == "make-smoke-lora":
+        from .model.files import TINY_CONFIG
+        from .model.lora import write_random_lora
+
+        print(f"wrote {write_random_lora(args.path, TINY_CONFIG, args.seed)} (the tiny random models' widths)")
+        return 0
     try:
         return _demo(args)
     except UserInputError as error:

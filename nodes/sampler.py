@@ -165,10 +165,26 @@ def sampler_settings(inputs: Mapping[str, Any], kind: str) -> SamplerSettings:
     )
 
 
-def image_of(positive, negative, latent_shape) -> torch.Tensor | None:
-    """The image channels of WanImageToVideo's conditioning (the same on both sides), if any."""
-    found = conditioning_image(positive) or conditioning_image(negative)
+def image_of(positive, negative, latent_shape, uses_negative: bool) -> torch.Tensor | None:
+    """The image channels of WanImageToVideo's conditioning, which puts the same image on both sides.
+    The pack builds them once for both branches, so sides that differ are refused (ComfyUI would
+    build each branch's own, zeros where a side has none)."""
+    found, other = conditioning_image(positive), conditioning_image(negative)
+    if uses_negative and not _same_image(found, other):
+        raise UserInputError(
+            "positive and negative carry different start images (or only one of them carries one): connect both "
+            "the positive and the negative output of WanImageToVideo (or WanFirstLastFrameToVideo) to the sampler"
+        )
+    found = found or other
     return None if found is None else image_channels(*found, latent_shape)
+
+
+def _same_image(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    (image_a, mask_a), (image_b, mask_b) = a, b
+    masks_equal = mask_a is mask_b if mask_a is None or mask_b is None else torch.equal(mask_a, mask_b)
+    return torch.equal(image_a, image_b) and masks_equal
 
 
 def job_and_engine(inputs: Mapping[str, Any]) -> tuple[Job, EngineOptions]:
@@ -194,7 +210,8 @@ def job_and_engine(inputs: Mapping[str, Any]) -> tuple[Job, EngineOptions]:
     latent = inputs["latent"]["samples"]
     job = Job(cond=conditioning_tensor(inputs["positive"], "positive"),
               uncond=conditioning_tensor(inputs["negative"], "negative") if guided else None,
-              latent=latent, settings=settings, image=image_of(inputs["positive"], inputs["negative"], latent.shape))
+              latent=latent, settings=settings,
+              image=image_of(inputs["positive"], inputs["negative"], latent.shape, guided))
     check_job(model.spec, job)  # before any GPU work
     return job, engine
 

@@ -16,7 +16,8 @@ def smoke_conditioning(model, seed: int, tokens: int, latent: dict | None = None
     if model.kind == "i2v":
         if latent is None:
             raise UserInputError("latent: an image-to-video model needs the latent, to give the start image its size")
-        image, mask = smoke_image(seed, tuple(latent["samples"].shape))
+        # One start image whatever the seed: WanImageToVideo puts the same image on both conditionings.
+        image, mask = smoke_image(0, tuple(latent["samples"].shape))
         extras.update(concat_latent_image=image, concat_mask=mask)
     return [[smoke_embeddings(seed, text_dim, tokens), extras]]
 
@@ -38,7 +39,7 @@ class WanSmokeConditioning(io.ComfyNode):
             inputs=[
                 WanDualModel.Input("model", tooltip="the model whose text width the embeddings get"),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
-                             tooltip="seed of the random embeddings (and start image)"),
+                             tooltip="seed of the random embeddings (the start image is the same for every seed)"),
                 io.Int.Input("tokens", default=16, min=1, max=512, tooltip="number of text tokens"),
                 io.Latent.Input("latent", optional=True,
                                 tooltip="image-to-video models only: the latent the start image must match"),

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from helpers import TINY
 
 from accel.logs import setup_logging
 from accel.sampling.runtime import Runtime
-from helpers import TINY
 
 setup_logging()
 

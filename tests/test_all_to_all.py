@@ -73,7 +73,10 @@ def land(buffers: list[torch.Tensor], pieces) -> None:
 @pytest.mark.parametrize("world,chunks,batch", [(2, 1, 1), (2, 2, 1), (4, 2, 1), (2, 1, 2)])
 def test_copy_engine_rows_give_each_rank_its_heads_and_land_outputs_in_head_order(world, chunks, batch):
     """v leaves as strided rows of its projection, the outputs land in [B, S, H, D]: no layout copies."""
-    from accel.parallel.ulysses.copy_engine import head_group_pieces, sequence_part_pieces
+    from accel.parallel.ulysses.copy_engine import (
+        head_group_pieces,
+        sequence_part_pieces,
+    )
 
     seq, heads, dim = 3, world * chunks * 2, 4
     full = torch.randn(batch, world * seq, heads, dim)

@@ -6,7 +6,6 @@ import math
 
 import torch
 
-
 from bench.quality import decode, load_vae, psnr
 
 

@@ -9,7 +9,6 @@ rank to NCCL. On a GPU, the pitched copies are checked against torch's strided c
 from __future__ import annotations
 
 import socket
-import types
 from datetime import timedelta
 
 import pytest

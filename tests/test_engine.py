@@ -4,13 +4,17 @@ or later jobs of the same shape."""
 from __future__ import annotations
 
 import torch
+from helpers import TINY, tiny_job
 
-from accel.job.settings import CacheSettings, EngineOptions, JobSettings, SamplerSettings
+from accel.job.scm import build_scm
+from accel.job.settings import (
+    CacheSettings,
+    EngineOptions,
+    JobSettings,
+    SamplerSettings,
+)
 from accel.sampling.loop import run_job
 from accel.sampling.runtime import Runtime
-from accel.job.scm import build_scm
-
-from helpers import TINY, tiny_job
 
 
 def test_compiled_blocks_do_not_recompile_for_cache_steps_experts_or_later_jobs():

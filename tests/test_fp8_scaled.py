@@ -21,7 +21,13 @@ from accel.errors import UserInputError
 from accel.model import fp8_scaled
 from accel.model.files import read_safetensors_header
 from accel.model.fp8_scaled import (
-    Fp8Weight, as_float8_weight, detect, iter_state, replace_linear_weights, split_fp8, write_fp8_scaled,
+    Fp8Weight,
+    as_float8_weight,
+    detect,
+    iter_state,
+    replace_linear_weights,
+    split_fp8,
+    write_fp8_scaled,
 )
 
 # Every dim a multiple of 16, so all block Linears can run torch._scaled_mm.
@@ -179,6 +185,9 @@ def test_bf16_mode_is_fp32_product_rounded_once(tmp_path, original, dtype):
             qdata, scale = stored(path, layer.weight_key), stored(path, layer.scale_key)
             assert qdata.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32 and scale.shape == ()
             assert torch.equal(value, (qdata.float() * scale).to(dtype)), key
+        elif key.endswith(".bias") and key.removesuffix(".bias") in info.layers:
+            # An fp8 layer's bias is stored in float8 too, as ComfyUI keeps it.
+            assert torch.equal(value, original[key].to(torch.float8_e4m3fn).to(dtype)), key
         else:
             assert torch.equal(value, original[key].to(dtype)), key
 
@@ -327,7 +336,10 @@ def test_float8_weight_matches_torchaos_per_tensor_config(monkeypatch):
     its qdata and scale. quantize_ refuses CPUs (hardware check), so its tensor function is called
     with the check bypassed: the construction itself is device-independent."""
     import torchao.quantization.quant_api as quant_api
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerTensor
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        PerTensor,
+    )
 
     if not hasattr(quant_api, "_float8_dynamic_activation_float8_weight_quantize_tensor"):
         pytest.skip("this torchao has no _float8_dynamic_activation_float8_weight_quantize_tensor to compare with")
@@ -352,7 +364,11 @@ def test_float8_weight_matches_torchaos_per_tensor_config(monkeypatch):
 @CUDA
 def test_cuda_linear_runs_scaled_mm_exactly_like_the_config():
     from torch.profiler import ProfilerActivity, profile
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerTensor, quantize_
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        PerTensor,
+        quantize_,
+    )
 
     torch.manual_seed(0)
     reference = torch.nn.Sequential(torch.nn.Linear(512, 1024)).to("cuda", torch.bfloat16)

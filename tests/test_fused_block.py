@@ -8,16 +8,16 @@ import copy
 import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+from helpers import TINY
 
-from accel.model import engine_check
+from accel.errors import UserInputError
 from accel.job.settings import EngineOptions
+from accel.model import engine_check
 from accel.model.engine import compile_block_ops
 from accel.model.engine_check import check_engine
-from accel.errors import UserInputError
 from accel.model.fused_block import fuse_block_ops
 from accel.model.loading import load_experts
 from accel.sampling.runtime import Runtime
-from helpers import TINY
 
 
 def _inputs(model: torch.nn.Module, dtype: torch.dtype):

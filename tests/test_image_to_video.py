@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TINY
 
 from accel.errors import UserInputError
 from accel.job.image_to_video import conditioning_image, image_channels
@@ -16,8 +17,6 @@ from accel.parallel.group import WorkerGroup
 from accel.parallel.layout import ParallelLayout
 from accel.sampling.loop import run_job
 from accel.sampling.runtime import Runtime
-
-from helpers import TINY
 
 TINY_I2V = ModelSpec(source="tiny-random-i2v", dtype="fp32")
 LATENT = (1, 16, 3, 8, 8)

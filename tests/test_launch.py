@@ -7,13 +7,12 @@ import stat
 from pathlib import Path
 
 import pytest
+from helpers import TINY
 
 from accel.errors import UserInputError, WorkerGroupError
 from accel.parallel.group import WorkerGroup
 from accel.parallel.launch import WORKER_PYTHON_ENV, start_worker
 from accel.parallel.layout import ParallelLayout
-
-from helpers import TINY
 
 
 def env_dumping_python(folder: Path) -> Path:

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import save_file
 
 from accel.errors import UserInputError
-from accel.model.files import TINY_CONFIG
 from accel.job.settings import LoraSpec, chain_from_json, chain_to_json
+from accel.model.files import TINY_CONFIG
 from accel.model.lora import (
     collect_patches,
     merge_into,

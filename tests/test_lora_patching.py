@@ -8,18 +8,18 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import TINY
 
 from accel.errors import UserInputError
 from accel.job.job import Job
 from accel.job.settings import JobSettings, LoraSpec, ModelSpec, SamplerSettings
+from accel.job.smoke import smoke_embeddings
 from accel.model.files import TINY_CONFIG, to_original_layout
 from accel.model.fp8_scaled import write_fp8_scaled
 from accel.model.loading import load_experts, save_random_experts
+from accel.model.lora import write_random_lora
 from accel.sampling.loop import run_job
 from accel.sampling.runtime import Runtime
-from accel.job.smoke import smoke_embeddings
-
-from helpers import TINY, write_random_lora
 
 FP8_READY = dict(attention_head_dim=16, ffn_dim=64)  # widths FP8 matmuls take
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 
-
 import pytest
 import torch
+from helpers import TINY
 from safetensors.torch import load_file, save_file
 
-from accel.job.settings import ModelSpec
 from accel.errors import UserInputError
+from accel.job.settings import ModelSpec
 from accel.model.files import model_config_for, to_original_layout
 from accel.model.fp8_scaled import write_fp8_scaled
 from accel.model.loading import load_experts, save_random_experts
 
-from helpers import TINY
 
 @pytest.fixture(scope="module")
 def tiny_experts():

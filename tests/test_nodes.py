@@ -451,7 +451,7 @@ def test_outside_comfyui_the_loader_takes_paths_and_names_the_missing_file(pack,
 
 def tiny_lora(pack, path: Path, seed: int = 0) -> Path:
     """A random LoRA over every Linear of the tiny model, in ComfyUI's diffusion_model. layout."""
-    from helpers import write_random_lora
+    from accel.model.lora import write_random_lora
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_random_lora(path, sub(pack, "accel.model.files").TINY_CONFIG, seed)
@@ -652,6 +652,11 @@ def test_image_conditioning_mismatches_are_node_errors_before_any_worker_starts(
                               latent=latent)
     with pytest.raises(errors.UserInputError, match=r"concat_latent_image is \[1, 16, 5, 8, 8\]"):
         run(pack, "UlyssesParallelSampler", **mismatch)
+    other = {**smoke(i2v, 2, 16, latent)[0][1], "concat_latent_image": torch.ones(1, 16, *LATENT[2:])}
+    different = sampler_inputs(pack, model=i2v, positive=smoke(i2v, 1, 16, latent),
+                               negative=[[smoke(i2v, 2, 16, latent)[0][0], other]], latent=latent)
+    with pytest.raises(errors.UserInputError, match="positive and negative carry different start images"):
+        run(pack, "UlyssesParallelSampler", **different)
     assert registry.current is None  # no worker group was started for any of them
 
 
@@ -666,9 +671,11 @@ def test_smoke_conditioning_gives_an_i2v_model_a_start_image_of_the_latents_size
     assert extras["concat_latent_image"].shape == shape  # as WanImageToVideo puts it on the conditioning
     mask = extras["concat_mask"]
     assert mask.shape == (1, 1, *shape[2:]) and mask[:, :, 0].eq(0).all() and mask[:, :, 1:].eq(1).all()
-    (again,) = run(pack, "WanSmokeConditioning", model=i2v, seed=3, tokens=16, latent=latent).args
-    assert torch.equal(again[0][1]["concat_latent_image"], extras["concat_latent_image"])  # seeded
-    assert sampler.image_of(conditioning, conditioning, shape).shape == (1, 20, *shape[2:])  # 4 mask + 16 image
+    (other_seed,) = run(pack, "WanSmokeConditioning", model=i2v, seed=4, tokens=16, latent=latent).args
+    # One image on both sides, as WanImageToVideo: the seed changes the embeddings only.
+    assert torch.equal(other_seed[0][1]["concat_latent_image"], extras["concat_latent_image"])
+    assert not torch.equal(other_seed[0][0], embeddings)
+    assert sampler.image_of(conditioning, other_seed, shape, True).shape == (1, 20, *shape[2:])  # 4 mask + 16 image
     with pytest.raises(errors.UserInputError, match="needs the latent"):
         run(pack, "WanSmokeConditioning", model=i2v, seed=3, tokens=16)
     (text_only,) = run(pack, "WanSmokeConditioning", model=tiny_model(pack), seed=3, tokens=16, latent=latent).args
@@ -696,10 +703,10 @@ def test_sampler_runs_the_i2v_smoke_workflow_like_the_core(pack):
 # --- the smoke examples, run through the nodes without ComfyUI ------------------------------------------
 
 def readme_lora_command(target: Path) -> list[str]:
-    """examples/workflows/README.md's one-line command that writes the tiny LoRA, aimed at ``target``."""
+    """examples/workflows/README.md's command that writes the tiny LoRA, aimed at ``target`` (run from the pack's folder)."""
     block = (WORKFLOWS / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
     argv = shlex.split(block)
-    assert argv[:2] == ["python", "-c"] and argv[-1].endswith("models/loras/cachedit_tiny_random_lora.safetensors")
+    assert argv[:4] == ["python", "-m", "accel", "make-smoke-lora"] and argv[-1].endswith("/cachedit_tiny_random_lora.safetensors")
     return [sys.executable, *argv[1:-1], str(target)]
 
 
@@ -740,7 +747,7 @@ def run_api_prompt(pack, prompt: dict) -> dict:
 
 def test_the_smoke_examples_run_through_the_nodes(pack, comfy_lists):
     lora_file = comfy_lists["loras"] / "cachedit_tiny_random_lora.safetensors"
-    made = subprocess.run(readme_lora_command(lora_file), check=False, capture_output=True, text=True, timeout=120)
+    made = subprocess.run(readme_lora_command(lora_file), cwd=ROOT, check=False, capture_output=True, text=True, timeout=120)
     assert made.returncode == 0 and lora_file.is_file(), made.stderr
     for name in ("smoke_api.json", "smoke_i2v_api.json", "smoke_lora_api.json"):
         prompt = json.loads((WORKFLOWS / name).read_text())

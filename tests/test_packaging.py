@@ -3,8 +3,9 @@ floor ComfyUI's own torch meets, and the declared license is the file shipped.""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

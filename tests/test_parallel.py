@@ -14,18 +14,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY, tiny_job
 
-from accel.job.settings import CacheSettings, EngineOptions, ExpertCacheConfig, JobSettings, ModelSpec, SamplerSettings
 from accel.errors import JobCancelled, UserInputError, WorkerGroupError
+from accel.job.scm import build_scm
+from accel.job.settings import (
+    CacheSettings,
+    EngineOptions,
+    ExpertCacheConfig,
+    JobSettings,
+    ModelSpec,
+    SamplerSettings,
+)
 from accel.model.loading import save_random_experts
 from accel.parallel.group import WorkerGroup
 from accel.parallel.layout import ParallelLayout
 from accel.parallel.registry import WorkerGroupRegistry
 from accel.sampling.loop import run_job
 from accel.sampling.runtime import Runtime
-from accel.job.scm import build_scm
-
-from helpers import TINY, tiny_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -243,7 +249,7 @@ def test_a_lora_change_reuses_the_warm_group_and_a_random_presets_restarts_it(tm
     from accel.job.settings import LoraSpec
     from accel.model.files import TINY_CONFIG, to_original_layout
     from accel.model.loading import load_experts
-    from helpers import write_random_lora
+    from accel.model.lora import write_random_lora
 
     experts = load_experts(TINY)
     paths = []

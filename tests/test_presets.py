@@ -11,17 +11,23 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import TINY, tiny_job
 
-from accel.job.settings import CacheSettings, EngineOptions, JobSettings, ModelSpec, QuantSettings, SamplerSettings
-from accel.model.engine_check import check_engine
 from accel.errors import UserInputError
 from accel.job.presets import PRESET_DIR, list_presets, load_preset, preset_to_dict
 from accel.job.scm import build_scm, rescale_mask
-from accel.job.settings import EXPERTS
+from accel.job.settings import (
+    EXPERTS,
+    CacheSettings,
+    EngineOptions,
+    JobSettings,
+    ModelSpec,
+    QuantSettings,
+    SamplerSettings,
+)
+from accel.model.engine_check import check_engine
 from accel.sampling.loop import run_job
 from accel.sampling.runtime import Runtime
-
-from helpers import TINY, tiny_job
 
 
 def test_the_documented_presets_exist():

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import TINY, tiny_job
 
+from accel.diagnostics.profiling import cpu_waits_recorded, timeline_of
 from accel.parallel.group import WorkerGroup
 from accel.parallel.layout import ParallelLayout
-from accel.diagnostics.profiling import cpu_waits_recorded, timeline_of
-
-from helpers import TINY, tiny_job
 
 
 def test_timeline_splits_compute_communication_copies_and_idle():

@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import TINY, tiny_job, write_random_lora
+from helpers import TINY, tiny_job
 
 from accel.errors import UserInputError
 from accel.job import memory
@@ -25,6 +25,7 @@ from accel.job.settings import (
 )
 from accel.model.files import A14B_CONFIG, A14B_I2V_CONFIG, TINY_CONFIG
 from accel.model.loading import save_random_experts
+from accel.model.lora import write_random_lora
 from accel.model.residency import (
     Slot,
     SwapResidency,

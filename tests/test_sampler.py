@@ -6,14 +6,18 @@ import math
 
 import pytest
 import torch
-
-from accel.job.settings import CacheSettings, ExpertCacheConfig, JobSettings, SamplerSettings
-from accel.errors import UserInputError
-from accel.sampling.loop import run_job
-from accel.job.scm import build_scm
-
 from helpers import TINY, tiny_job
 from reference import plain_sample
+
+from accel.errors import UserInputError
+from accel.job.scm import build_scm
+from accel.job.settings import (
+    CacheSettings,
+    ExpertCacheConfig,
+    JobSettings,
+    SamplerSettings,
+)
+from accel.sampling.loop import run_job
 
 
 def settings(steps=40, shift=12.0, cache=True, preset=None, policy="dynamic", **sampler) -> JobSettings:

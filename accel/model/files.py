@@ -48,7 +48,8 @@ def model_config_for(spec: ModelSpec) -> dict[str, Any]:
         for subfolder in ("transformer", "transformer_2"):
             path = Path(spec.path) / subfolder / "config.json"
             require_file(path, f"the diffusers {subfolder} config")
-            configs.append(json.loads(path.read_text()))
+            # diffusers leaves its defaults (the A14B architecture) out of a config.json
+            configs.append({**A14B_CONFIG, **json.loads(path.read_text())})
         high, low = configs
         sources = (f"{spec.path}/transformer", f"{spec.path}/transformer_2")
     else:

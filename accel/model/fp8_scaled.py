@@ -365,7 +365,7 @@ def iter_state(
             layer = layers.get(key)
             # Built in helpers, so that this frame holds no tensor while it is suspended.
             if layer is None:
-                yield key, _plain(handle, path, file_key, key, dtype, device, keep_fp32)
+                yield key, _plain(handle, path, file_key, key, dtype, device, keep_fp32, _bias_storage(info, key))
             else:
                 yield key, _fp8_layer(handle, path, layer, mode, dtype, device)
 
@@ -381,13 +381,25 @@ def read_original(path: Path | str, info: Fp8ScaledInfo | None, key: str, dtype:
         if layer is None:
             if file_key not in handle.keys():
                 file_key = PREFIX + key
-            return _plain(handle, path, file_key, key, dtype, device, None)
+            return _plain(handle, path, file_key, key, dtype, device, None, _bias_storage(info, key))
         return _fp8_layer(handle, path, layer, "bf16", dtype, device)
 
 
+def _bias_storage(info: Fp8ScaledInfo | None, key: str) -> torch.dtype | None:
+    """ComfyUI stores a whole fp8 Linear in the float8 dtype, its bias too (a file's fp16 bias is
+    rounded to float8 on load, then computed in the compute dtype); the pack does the same, so that
+    its dequantized model is the one ComfyUI computes with."""
+    if info is None or not key.endswith(".bias"):
+        return None
+    layer = info.layers.get(key.removesuffix(".bias"))
+    return None if layer is None else layer.storage_dtype
+
+
 def _plain(handle: Any, path: Path, file_key: str, key: str, dtype: torch.dtype, device: torch.device,
-           keep_fp32: Callable[[str], bool] | None) -> torch.Tensor:
+           keep_fp32: Callable[[str], bool] | None, storage: torch.dtype | None = None) -> torch.Tensor:
     tensor = _get(handle, path, file_key)
+    if storage is not None:
+        tensor = tensor.to(storage)
     if tensor.is_floating_point() and not (keep_fp32 is not None and tensor.dtype == torch.float32 and keep_fp32(key)):
         tensor = tensor.to(dtype)
     return tensor.to(device)

@@ -36,6 +36,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -441,3 +442,31 @@ def merge_into(module: torch.nn.Module, patches: Patches) -> list[str]:
                 weight.copy_(merged)
                 changed.append(name)
     return changed
+
+
+def write_random_lora(path: str | Path, config: Mapping[str, Any], seed: int, rank: int = 4,
+                      alpha: float | None = 2.0, scale: float = 0.05) -> Path:
+    """A LoRA file in ComfyUI's ``diffusion_model.`` layout over every attention and FFN Linear of
+    an expert with ``config``'s widths (original Wan names), plus a bias delta and a modulation
+    delta; seeded random factors (smoke workflows, tests, benchmarks)."""
+    from safetensors.torch import save_file
+
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    shapes = {}
+    for block in range(config["num_layers"]):
+        for attn in ("self_attn", "cross_attn"):
+            for proj in ("q", "k", "v", "o"):
+                shapes[f"blocks.{block}.{attn}.{proj}"] = (dim, dim)
+        shapes[f"blocks.{block}.ffn.0"] = (config["ffn_dim"], dim)
+        shapes[f"blocks.{block}.ffn.2"] = (dim, config["ffn_dim"])
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for module, (rows, cols) in shapes.items():
+        tensors[f"diffusion_model.{module}.lora_up.weight"] = torch.randn(rows, rank, generator=generator) * scale
+        tensors[f"diffusion_model.{module}.lora_down.weight"] = torch.randn(rank, cols, generator=generator) * scale
+        if alpha is not None:
+            tensors[f"diffusion_model.{module}.alpha"] = torch.tensor(alpha)
+    tensors["diffusion_model.blocks.0.ffn.0.diff_b"] = torch.randn(config["ffn_dim"], generator=generator) * scale
+    tensors["diffusion_model.blocks.1.diff_m"] = torch.randn(1, 6, dim, generator=generator) * scale
+    save_file(tensors, str(path))
+    return Path(path)

@@ -45,10 +45,10 @@ def write_png(path: Path, size: int = 16) -> None:
 
 
 def readme_lora_command(target: Path) -> list[str]:
-    """examples/workflows/README.md's one-line command that writes the tiny LoRA, run by ComfyUI's Python."""
+    """examples/workflows/README.md's command that writes the tiny LoRA, aimed at ``target`` (run from the pack's folder)."""
     block = (WORKFLOWS / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
     argv = shlex.split(block)
-    assert argv[:2] == ["python", "-c"] and argv[-1].endswith(f"models/loras/{SMOKE_LORA}")
+    assert argv[:4] == ["python", "-m", "accel", "make-smoke-lora"] and argv[-1].endswith("/cachedit_tiny_random_lora.safetensors")
     return [os.environ.get("COMFYUI_PYTHON", sys.executable), *argv[1:-1], str(target)]
 
 
@@ -85,7 +85,7 @@ def server(tmp_path_factory):
         (base / folder).mkdir(parents=True)
     (base / "packs" / "comfyui-cachedit-parallel").symlink_to(ROOT)
     write_png(base / "input" / START_IMAGE)
-    made = subprocess.run(readme_lora_command(base / "models" / "loras" / SMOKE_LORA), check=False, capture_output=True,
+    made = subprocess.run(readme_lora_command(base / "models" / "loras" / SMOKE_LORA), cwd=ROOT, check=False, capture_output=True,
                           timeout=120)
     assert made.returncode == 0, made.stderr
     extra = base / "extra_model_paths.yaml"
