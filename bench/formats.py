@@ -79,6 +79,7 @@ from accel.job.settings import (  # noqa: E402
 from accel.job.smoke import smoke_embeddings, smoke_image  # noqa: E402
 from accel.logs import setup_logging  # noqa: E402
 from accel.model.files import A14B_CONFIG, TINY_CONFIG, to_original_layout  # noqa: E402
+from accel.model.lora import block_linear_shapes  # noqa: E402
 from bench.common import RESULTS, markdown_table, relative_error  # noqa: E402
 
 GB = 2**30
@@ -416,29 +417,16 @@ def sum_params(config: dict) -> int:
     return config["num_layers"] * per_block + 4096 * dim * 2 + dim * dim * 8  # blocks + embeddings (rough)
 
 
-def lora_shapes(config: dict) -> dict[str, tuple[int, int]]:
-    """Every attention and FFN Linear of an expert, original Wan module paths -> (out, in)."""
-    dim = config["num_attention_heads"] * config["attention_head_dim"]
-    shapes = {}
-    for block in range(config["num_layers"]):
-        for attn in ("self_attn", "cross_attn"):
-            for proj in ("q", "k", "v", "o"):
-                shapes[f"blocks.{block}.{attn}.{proj}"] = (dim, dim)
-        shapes[f"blocks.{block}.ffn.0"] = (config["ffn_dim"], dim)
-        shapes[f"blocks.{block}.ffn.2"] = (dim, config["ffn_dim"])
-    return shapes
-
-
 def write_lora(path: Path, config: dict, seed: int, rank: int, device: torch.device) -> Path:
     """A random LoRA in ComfyUI's diffusion_model.* layout (lora_up / lora_down, bf16, alpha), as
-    tests/helpers.py's write_random_lora does, at the given rank; reused when already written."""
+    accel.model.lora.write_random_lora does, at the given rank and on the GPU; reused when already written."""
     from safetensors.torch import save_file
 
     if path.is_file() and done_marker(path).is_file():
         return path
     generator = torch.Generator(device).manual_seed(seed)
     tensors = {}
-    for module, (rows, cols) in lora_shapes(config).items():
+    for module, (rows, cols) in block_linear_shapes(config).items():
         for name, shape in (("lora_up", (rows, rank)), ("lora_down", (rank, cols))):
             factor = torch.randn(shape, generator=generator, device=device) * LORA_SCALE
             tensors[f"diffusion_model.{module}.{name}.weight"] = factor.to(torch.bfloat16).cpu()
@@ -745,7 +733,7 @@ def part_lora(args, report: Report, clock: Clock, device: torch.device) -> None:
     text_len = TINY_TEXT_TOKENS if args.tiny else TEXT_TOKENS
     rank = 8 if args.tiny else LORA_RANK
     groups = args.only.split(",") if args.only else ["bf16", "fp8"]
-    layer_gb = max(a * b for a, b in lora_shapes(config).values()) * 2 / GB
+    layer_gb = max(a * b for a, b in block_linear_shapes(config).values()) * 2 / GB
     report.info.update(latent=list(shape), tokens=shape[2] * (shape[3] // 2) * (shape[4] // 2),
                        job="Lightning: 4 steps, euler / simple, switch at step 2, cfg 1, shift 5",
                        loras=f"two random rank-{rank} LoRAs (bf16, alpha {min(LORA_ALPHA, rank):g}) over every "

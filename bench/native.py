@@ -87,7 +87,7 @@ from accel.job.settings import (  # noqa: E402
     SamplerSettings,
 )
 from accel.logs import setup_logging  # noqa: E402
-from accel.model.files import A14B_CONFIG  # noqa: E402
+from accel.model.files import A14B_CONFIG, original_key  # noqa: E402
 from accel.model.fp8_scaled import BLOCK_LINEAR, write_fp8_scaled  # noqa: E402
 
 GIB = 2**30
@@ -100,17 +100,6 @@ TINY_COMFY_CONFIG = dict(
 )
 TINY_SIZE = (9, 64, 64)  # frames, height, width: latent [1, 16, 3, 8, 8]
 FORWARD_SHAPES = {14040: (33, 480, 832), 32760: (81, 480, 832), 75600: (81, 720, 1280)}
-# diffusers -> original Wan key names (as tests/test_model.py converts them)
-TO_ORIGINAL = [
-    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
-    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
-    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
-    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
-    ("condition_embedder.time_proj", "time_projection.1"),
-    ("attn1", "self_attn"), ("attn2", "cross_attn"),
-    (".to_out.0.", ".o."), (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."),
-    ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"), ("proj_out", "head.head"),
-]
 
 
 @dataclass(frozen=True)
@@ -221,20 +210,13 @@ def install_stand_ins(mode: str) -> list[str]:
     return sorted(roots)
 
 
-def to_original(key: str) -> str:
-    for new, old in TO_ORIGINAL:
-        key = key.replace(new, old)
-    key = re.sub(r"\.norm([23])\.", lambda m: f".norm{5 - int(m.group(1))}.", key)  # diffusers swaps them
-    return "head.modulation" if key == "scale_shift_table" else key.replace("scale_shift_table", "modulation")
-
-
 def original_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """Original-layout key -> shape of one expert, from diffusers' model built on the meta device."""
     from diffusers import WanTransformer3DModel
 
     with torch.device("meta"):
         model = WanTransformer3DModel(**config)
-    return {to_original(k): tuple(v.shape) for k, v in model.state_dict().items()}
+    return {original_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 class RandomWeights(Mapping):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -123,6 +124,20 @@ def without_paths(text: str, names: dict[str | None, str]) -> str:
         if path is not None and path != name:
             text = text.replace(path, name)
     return text
+
+
+def checked_model_file(input_name: str, folder: str, name: str, check: Callable[[str], object]) -> str:
+    """The path of an entry of ComfyUI's ``folder`` list, its file checked by ``check`` (headers
+    only); every error names the input and the list entry, never where the server keeps it."""
+    try:
+        path = model_file_path(folder, name)
+    except UserInputError as error:
+        raise UserInputError(f"{input_name}: {error}") from None
+    try:
+        check(path)
+    except UserInputError as error:
+        raise UserInputError(f"{input_name}: {without_paths(str(error), {path: name})}") from None
+    return path
 
 
 def data_dir() -> Path:

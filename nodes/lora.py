@@ -17,15 +17,7 @@ LORAS = "loras"  # ComfyUI's list
 
 def lora_path(lora_name: str) -> str:
     """An entry of ComfyUI's loras list, a safetensors file with a readable header."""
-    try:
-        path = comfy.model_file_path(LORAS, lora_name)
-    except UserInputError as error:
-        raise UserInputError(f"lora_name: {error}") from None
-    try:
-        check_lora_file(path)
-    except UserInputError as error:
-        raise UserInputError(f"lora_name: {comfy.without_paths(str(error), {path: lora_name})}") from None
-    return path
+    return comfy.checked_model_file("lora_name", LORAS, lora_name, check_lora_file)
 
 
 def with_lora(model: ModelHandle, lora_name: str, strength_high_noise: float, strength_low_noise: float) -> ModelHandle:

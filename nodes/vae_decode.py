@@ -37,15 +37,7 @@ VAE_FILES = "vae"  # ComfyUI's list of VAE files (models/vae)
 
 def vae_path(vae_name: str) -> str:
     """The listed file's path, its header checked as a Wan2.1 VAE (names in errors, not paths)."""
-    try:
-        path = comfy.model_file_path(VAE_FILES, vae_name)
-    except UserInputError as error:
-        raise UserInputError(f"vae_name: {error}") from None
-    try:
-        vae_config(path)
-    except UserInputError as error:
-        raise UserInputError(comfy.without_paths(f"vae_name: {error}", {path: vae_name})) from None
-    return path
+    return comfy.checked_model_file("vae_name", VAE_FILES, vae_name, vae_config)
 
 
 def same_ranks(a: ParallelLayout, b: ParallelLayout) -> bool:

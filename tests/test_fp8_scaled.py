@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from accel.errors import UserInputError
 from accel.model import fp8_scaled
-from accel.model.files import read_safetensors_header
+from accel.model.files import read_safetensors_header, to_original_layout
 from accel.model.fp8_scaled import (
     Fp8Weight,
     as_float8_weight,
@@ -37,37 +37,13 @@ CONFIG = dict(
 )
 BLOCK_LINEARS = 2 * (8 + 2)  # per block: self/cross attention q, k, v, o and ffn.0, ffn.2
 
-TO_ORIGINAL = [
-    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
-    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
-    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
-    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
-    ("condition_embedder.time_proj", "time_projection.1"),
-    ("attn1", "self_attn"), ("attn2", "cross_attn"),
-    (".to_out.0.", ".o."), (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."),
-    ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"), ("proj_out", "head.head"),
-]
-
-
-def to_original_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of diffusers' convert_wan_transformer_to_diffusers for a WanTransformer3DModel."""
-    converted = {}
-    for key, tensor in state.items():
-        for new, old in TO_ORIGINAL:
-            key = key.replace(new, old)
-        key = re.sub(r"\.norm([23])\.", lambda m: f".norm{5 - int(m.group(1))}.", key)
-        key = "head.modulation" if key == "scale_shift_table" else key.replace("scale_shift_table", "modulation")
-        converted[key] = tensor.detach().clone().contiguous()
-    return converted
-
-
 @pytest.fixture(scope="module")
 def original() -> dict[str, torch.Tensor]:
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
     model = WanTransformer3DModel(**CONFIG)
-    state = to_original_layout(model.state_dict())
+    state = {k: v.detach().clone() for k, v in to_original_layout(model.state_dict()).items()}
     # Real files keep most tensors in bf16; keep one fp32 tensor to see it cast too.
     return {k: (v if k.endswith("modulation") else v.to(torch.bfloat16)) for k, v in state.items()}
 

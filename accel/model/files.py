@@ -157,13 +157,14 @@ TO_ORIGINAL = [
 ]
 
 
+def original_key(name: str) -> str:
+    """A diffusers WanTransformer3DModel parameter name in the original Wan key layout."""
+    for new, old in TO_ORIGINAL:
+        name = name.replace(new, old)
+    name = re.sub(r"\.norm([23])\.", lambda m: f".norm{5 - int(m.group(1))}.", name)  # diffusers swaps them
+    return "head.modulation" if name == "scale_shift_table" else name.replace("scale_shift_table", "modulation")
+
+
 def to_original_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A diffusers WanTransformer3DModel state dict in the original Wan key layout."""
-    converted = {}
-    for key, tensor in state.items():
-        for new, old in TO_ORIGINAL:
-            key = key.replace(new, old)
-        key = re.sub(r"\.norm([23])\.", lambda m: f".norm{5 - int(m.group(1))}.", key)  # diffusers swaps them
-        key = "head.modulation" if key == "scale_shift_table" else key.replace("scale_shift_table", "modulation")
-        converted[key] = tensor.contiguous()
-    return converted
+    return {original_key(name): tensor.contiguous() for name, tensor in state.items()}

@@ -444,13 +444,9 @@ def merge_into(module: torch.nn.Module, patches: Patches) -> list[str]:
     return changed
 
 
-def write_random_lora(path: str | Path, config: Mapping[str, Any], seed: int, rank: int = 4,
-                      alpha: float | None = 2.0, scale: float = 0.05) -> Path:
-    """A LoRA file in ComfyUI's ``diffusion_model.`` layout over every attention and FFN Linear of
-    an expert with ``config``'s widths (original Wan names), plus a bias delta and a modulation
-    delta; seeded random factors (smoke workflows, tests, benchmarks)."""
-    from safetensors.torch import save_file
-
+def block_linear_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """Every attention and FFN Linear of an expert with ``config``'s widths: original Wan module
+    path -> (out, in) features."""
     dim = config["num_attention_heads"] * config["attention_head_dim"]
     shapes = {}
     for block in range(config["num_layers"]):
@@ -459,9 +455,20 @@ def write_random_lora(path: str | Path, config: Mapping[str, Any], seed: int, ra
                 shapes[f"blocks.{block}.{attn}.{proj}"] = (dim, dim)
         shapes[f"blocks.{block}.ffn.0"] = (config["ffn_dim"], dim)
         shapes[f"blocks.{block}.ffn.2"] = (dim, config["ffn_dim"])
+    return shapes
+
+
+def write_random_lora(path: str | Path, config: Mapping[str, Any], seed: int, rank: int = 4,
+                      alpha: float | None = 2.0, scale: float = 0.05) -> Path:
+    """A LoRA file in ComfyUI's ``diffusion_model.`` layout over every attention and FFN Linear of
+    an expert with ``config``'s widths (original Wan names), plus a bias delta and a modulation
+    delta; seeded random factors (smoke workflows, tests, benchmarks)."""
+    from safetensors.torch import save_file
+
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
-    for module, (rows, cols) in shapes.items():
+    for module, (rows, cols) in block_linear_shapes(config).items():
         tensors[f"diffusion_model.{module}.lora_up.weight"] = torch.randn(rows, rank, generator=generator) * scale
         tensors[f"diffusion_model.{module}.lora_down.weight"] = torch.randn(rank, cols, generator=generator) * scale
         if alpha is not None:
