@@ -71,7 +71,7 @@ try {
 
   // The SCM Mask node's text (from its run, or from the prompt's history when ComfyUI had it cached).
   const mask = await page.waitForFunction(() => window.app.graph.nodes.find((n) => n.type === "CacheDiT_SCMMask")
-    ?.widgets.find((w) => w.name === "mask_view")?.value, null, { timeout: 10000 }).then((h) => h.jsonValue());
+    ?.widgets.find((w) => w.name === "mask_view")?.value, null, { timeout: 30000 }).then((h) => h.jsonValue());
   if (!/^[01]{20}\n\d+ compute \/ \d+ cache of 20 steps/.test(mask)) failures.push(`mask text ${mask}`);
   if (shots) {
     await page.evaluate(() => window.app.extensionManager.command.execute("Workspace.ToggleBottomPanelTab.cachedit-decisions"));
