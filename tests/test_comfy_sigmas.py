@@ -14,11 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from comfy_reference import (
+    SamplerWindow,
+    ksampler_advanced_window,
+    percent_to_sigma,
+    run_ksampler_advanced,
+)
 
 from accel.errors import UserInputError
 from accel.sampling.comfy_sigmas import (
     COMFY_SCHEDULERS,
-    SamplerWindow,
     beta_ppf,
     cfg_denoised,
     comfy_flow_step,
@@ -28,12 +33,9 @@ from accel.sampling.comfy_sigmas import (
     flow_denoised,
     flow_shift,
     inverse_noise_scaling,
-    ksampler_advanced_window,
     latent_is_empty,
     noise_scaling,
-    percent_to_sigma,
     regularized_incomplete_beta,
-    run_ksampler_advanced,
     sigma_table,
     timestep_of_sigma,
     uses_uncond,

@@ -18,10 +18,8 @@ Imports only stdlib, math and torch: safe in ComfyUI's own process.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import torch
@@ -74,15 +72,6 @@ def sigma_table(shift: float) -> torch.Tensor:
 def timestep_of_sigma(sigma: SigmaLike) -> SigmaLike:
     """The model's timestep input for a flow model: sigma * 1000 (float32 when sigma is a tensor)."""
     return sigma * MULTIPLIER
-
-
-def percent_to_sigma(percent: float, shift: float) -> float:
-    """ModelSamplingDiscreteFlow.percent_to_sigma (float64): 1 at 0%, 0 at 100%, else s(1 - p)."""
-    if percent <= 0.0:
-        return 1.0
-    if percent >= 1.0:
-        return 0.0
-    return flow_shift(1.0 - percent, shift)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,51 +311,6 @@ def beta_ppf(p: float, a: float, b: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# KSamplerAdvanced windows
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SamplerWindow:
-    """What one KSamplerAdvanced samples over.
-
-    sigmas: the sigmas it integrates over, in order (len = steps it runs + 1); empty if skipped.
-    skipped: ComfyUI does no sampling and returns the input latent unchanged (start_at_step past
-        the end of the window).
-    """
-    sigmas: tuple[float, ...]
-    skipped: bool
-
-    @property
-    def steps(self) -> int:
-        return max(len(self.sigmas) - 1, 0)
-
-    @property
-    def leftover_noise(self) -> bool:
-        """The window ends above sigma 0: the returned latent is x / (1 - sigma_last)."""
-        return bool(self.sigmas) and self.sigmas[-1] != 0.0
-
-
-def ksampler_advanced_window(sigmas: Sequence[float], start_at_step: int, end_at_step: int,
-                             return_with_leftover_noise: bool = False) -> SamplerWindow:
-    """The sigmas a KSamplerAdvanced with that window uses, from the full schedule's sigmas.
-
-    ComfyUI (KSampler.sample): first, if end_at_step < len-1, keep sigmas[:end+1] and, unless
-    return_with_leftover_noise, set that last sigma to 0 (force_full_denoise: the last step jumps
-    to a clean latent). Then, if start_at_step < len-1 of what is left, keep sigmas[start:];
-    otherwise nothing is sampled and the input latent comes back as is. An end_at_step at or past
-    the last step (the node's default 10000) changes nothing, so leftover noise is then moot.
-    """
-    window = [float(s) for s in sigmas]
-    if end_at_step < len(window) - 1:
-        window = window[:end_at_step + 1]
-        if not return_with_leftover_noise:
-            window[-1] = 0.0
-    if start_at_step < len(window) - 1:
-        return SamplerWindow(tuple(window[start_at_step:]), skipped=False)
-    return SamplerWindow((), skipped=True)
-
-
-# ---------------------------------------------------------------------------------------------
 # Noise, the initial latent and the Euler step of a flow (CONST) model, in ComfyUI's float32 ops
 # ---------------------------------------------------------------------------------------------
 
@@ -392,11 +336,6 @@ def comfy_noise(seed: int, shape: Sequence[int], batch_index: Sequence[int] | No
         if i in wanted:
             draws[i] = draw
     return torch.cat([draws[i] for i in indices], dim=0)
-
-
-def add_noise_disabled(shape: Sequence[int]) -> torch.Tensor:
-    """KSamplerAdvanced add_noise=disable: the "noise" is zeros (so x starts at (1-sigma0)*latent)."""
-    return torch.zeros(tuple(int(n) for n in shape), dtype=torch.float32)
 
 
 def latent_is_empty(latent: torch.Tensor) -> bool:
@@ -465,29 +404,3 @@ def comfy_flow_step(x: torch.Tensor, v_cond: torch.Tensor, v_uncond: torch.Tenso
     d_cond = flow_denoised(x, v_cond.float(), sigma)
     d_uncond = None if v_uncond is None else flow_denoised(x, v_uncond.float(), sigma)
     return euler_step(x, cfg_denoised(d_cond, d_uncond, cfg), sigma, sigma_next, kind="denoised")
-
-
-def _identity(latent: torch.Tensor) -> torch.Tensor:
-    return latent
-
-
-def run_ksampler_advanced(denoise: Callable[[torch.Tensor, float], torch.Tensor], latent: torch.Tensor,
-                          window: SamplerWindow, noise: torch.Tensor | None, *,
-                          process_in: Callable[[torch.Tensor], torch.Tensor] = _identity,
-                          process_out: Callable[[torch.Tensor], torch.Tensor] = _identity) -> torch.Tensor:
-    """Reference for one KSamplerAdvanced(euler) on a flow model, for tests and parity checks.
-
-    denoise(x, sigma) -> x0 after CFG (see comfy_flow_step's pieces). noise None = add_noise
-    disabled. latent is the LATENT input as ComfyUI holds it (process_out space); process_in/out
-    are the latent format's (Wan2.1: (x - mean)/std and x*std + mean).
-    """
-    if window.skipped:
-        return latent
-    latent = latent.float()
-    noise = torch.zeros_like(latent) if noise is None else noise.to(latent.device, torch.float32)
-    if not latent_is_empty(latent):
-        latent = process_in(latent)
-    x = noise_scaling(window.sigmas[0], noise, latent)
-    for sigma, sigma_next in itertools.pairwise(window.sigmas):
-        x = euler_step(x, denoise(x, sigma), sigma, sigma_next, kind="denoised")
-    return process_out(inverse_noise_scaling(window.sigmas[-1], x).float())
