@@ -28,12 +28,13 @@ What it does, in order (each configuration in its own try/except: a failure is a
    synthetic conditioning and an empty latent. Configurations: fp16 file, default; fp8_scaled
    file, default; fp8_scaled file with weight_dtype ``fp8_e4m3fn_fast``; optionally fp16 +
    TorchCompileModel (``--native-configs ...,fp16_compile``).
-3. The pack, in the same process: ``Runtime.load`` of the same files (bf16; FP8 per-row +
-   compile; the fp8_scaled file used as stored + compile, where ``ModelSpec`` has the
-   ``fp8_scaled`` field) and ``run_job`` with the same settings, conditioning, latent and seed,
-   plus cache presets (``--cache-presets``) on the template path.
-4. The pack's uncached forward at ``--tokens`` (bf16 with exact attention; FP8 + compile; FP8 +
-   a low-precision attention backend where one is installed).
+3. The pack, by default in a worker group of one GPU (``--pack-in workers``: a process of its own,
+   as the nodes run it; ``--pack-in process``: ``Runtime.load`` in this process, where ComfyUI's
+   import slows its forward by a third): the same files (bf16; FP8 per-row + compile; the
+   fp8_scaled file used as stored + compile) and the same settings, conditioning, latent and
+   seed, plus cache presets (``--cache-presets``) on the template path.
+4. With ``--pack-in process``: the pack's uncached forward at ``--tokens`` (bf16 with exact
+   attention; FP8 + compile; FP8 + a low-precision attention backend where one is installed).
 
 Each configuration: load, a 2-step warm-up chain (both experts, which also compiles), then each
 path timed (the Lightning path ``--repeats`` times, median; the template path once). Denoise
@@ -100,6 +101,38 @@ TINY_COMFY_CONFIG = dict(
 )
 TINY_SIZE = (9, 64, 64)  # frames, height, width: latent [1, 16, 3, 8, 8]
 FORWARD_SHAPES = {14040: (33, 480, 832), 32760: (81, 480, 832), 75600: (81, 720, 1280)}
+
+
+class PackRunner:
+    """The pack's jobs in a worker group of one GPU (a process of its own, as the nodes run them), or
+    in this process (``runtime`` then holds the loaded model, for the forward timings)."""
+
+    def __init__(self, spec: ModelSpec, device: torch.device, engine, in_workers: bool):
+        from accel.parallel.group import WorkerGroup
+        from accel.parallel.layout import ParallelLayout
+        from accel.sampling.runtime import Runtime
+
+        self.group = self.runtime = None
+        if in_workers:
+            layout = ParallelLayout(devices=(device.index or 0,)) if device.type == "cuda" else ParallelLayout()
+            self.group = WorkerGroup(spec, layout, engine).start()
+        else:
+            self.runtime = Runtime.load(spec, device, engine)
+
+    def run(self, job: Job):
+        from accel.sampling.loop import run_job
+
+        return self.group.run(job) if self.group is not None else run_job(self.runtime, job)
+
+    def peak_gib(self, result, in_process: float | None) -> float | None:
+        """The worker's own peak (reset per job) where the job ran in a group."""
+        if self.group is None:
+            return in_process
+        return (result.trace.info.get("peak_mem_gb_per_rank") or [None])[0]  # GiB, as the worker reports
+
+    def close(self) -> None:
+        if self.group is not None:
+            self.group.close()
 
 
 @dataclass(frozen=True)
@@ -734,9 +767,6 @@ class Bench:
         return Job(cond=self.cond, uncond=self.uncond, latent=torch.zeros(self.latent_shape), settings=settings)
 
     def pack_config(self, name: str) -> None:
-        from accel.sampling.loop import run_job
-        from accel.sampling.runtime import Runtime
-
         spec = PACK[name]
         paths = self.paths_for(name)
         runs: list[tuple[SamplingPath, str | None]] = [(p, None) for p in paths]
@@ -785,7 +815,7 @@ class Bench:
                                    dtype=dtype, **extra)
             self.reset_peak()
             began = time.perf_counter()
-            runtime = Runtime.load(model_spec, self.device, engine)
+            runtime = PackRunner(model_spec, self.device, engine, in_workers=self.args.pack_in == "workers")
             self.sync()
             load_s = time.perf_counter() - began
             if load_only:
@@ -796,10 +826,11 @@ class Bench:
                 self.log(f"pack {name}: loaded in {load_s:.2f} s; no jobs on the CPU")
                 return
             began = time.perf_counter()
-            warm = run_job(runtime, self.pack_job(WARM))
+            warm = runtime.run(self.pack_job(WARM))
             warm_s = time.perf_counter() - began
             info = {"side": "pack", "load_s": load_s, "warmup_s": warm_s,
-                    "warmup_compile_s": warm.trace.info.get("compile_s"), "load_warmup_peak_gib": self.peak_gib(),
+                    "warmup_compile_s": warm.trace.info.get("compile_s"),
+                    "load_warmup_peak_gib": runtime.peak_gib(warm, self.peak_gib()), "pack_in": self.args.pack_in,
                     "engine": engine.to_dict(), "dtype": dtype, **extra}
             self.first_job[f"pack {name}"] = info
             self.log(f"pack {name} first job: {json.dumps(info, default=str)}")
@@ -812,7 +843,7 @@ class Bench:
                 self.reset_peak()
                 for _ in range(repeats):
                     began = time.perf_counter()
-                    result = run_job(runtime, self.pack_job(path, preset))
+                    result = runtime.run(self.pack_job(path, preset))
                     walls.append(time.perf_counter() - began)
                     times.append(result.trace.info["denoise_s"])
                 summary = result.trace.summary()
@@ -821,20 +852,26 @@ class Bench:
                     "steps": path.steps, "denoise_s": statistics.median(times), "denoise_runs_s": times,
                     "s_per_step": statistics.median(times) / path.steps,
                     "job_overhead_s": statistics.median(walls) - statistics.median(times),
-                    "peak_mem_gib": self.peak_gib(), "compile_s_in_run": result.trace.info.get("compile_s"),
+                    "peak_mem_gib": runtime.peak_gib(result, self.peak_gib()), "pack_in": self.args.pack_in,
+                    "compile_s_in_run": result.trace.info.get("compile_s"),
                     "forwards": summary["forwards"], "computed": summary["computed"],
                     "switch": result.trace.info.get("switch"),
                 }, result.latent)
-            if name == "bf16":
-                self.forward_times(runtime, "pack bf16, exact attention", name)
+            if runtime.runtime is None:
+                self.notes.append(f"pack {name}: forwards not timed here (the jobs ran in a worker group; "
+                                  "bench/formats.py times forwards in a process of their own, --pack-in process here)")
+            elif name == "bf16":
+                self.forward_times(runtime.runtime, "pack bf16, exact attention", name)
             elif name in ("fp8_compile", "fp8_stored") and engine.compile:
-                self.forward_times(runtime, f"{label}, exact attention", name)
+                self.forward_times(runtime.runtime, f"{label}, exact attention", name)
                 if name == "fp8_compile":
-                    self.lowprec_forward(runtime, label)
+                    self.lowprec_forward(runtime.runtime, label)
         except Exception as error:  # noqa: BLE001
             traceback.print_exc()
             self.note(f"pack {name}: failed: {error!r}")
         finally:
+            if runtime is not None:
+                runtime.close()
             runtime = None
             self.free_pack()
             self.save()
@@ -1155,6 +1192,10 @@ def main() -> int:
     parser.add_argument("--native-configs", default="fp16,fp8_scaled,fp8_scaled_fast",
                         help=f"of {','.join(NATIVE)} (fp16_compile: about 86 s of compile, Lightning only)")
     parser.add_argument("--pack-configs", default="bf16,fp8_compile,fp8_stored", help=f"of {','.join(PACK)}")
+    parser.add_argument("--pack-in", choices=("workers", "process"), default="workers",
+                        help="the pack's jobs in a worker group of one GPU, as the nodes run them (default), or "
+                             "in this process beside ComfyUI (whose import slows the pack's forward: measured "
+                             "3.76 s instead of 2.82 s at 32,760 tokens on an H200); forward times need 'process'")
     parser.add_argument("--template-configs", default="fp16,fp8_scaled,bf16,fp8_compile,fp8_stored",
                         help="configurations that also run the template path when it is in --paths")
     parser.add_argument("--cache-presets", default="sglang-fast", help="presets run by the pack on the template path")
