@@ -117,3 +117,18 @@ def test_a_random_preset_cannot_change_its_loras_in_place(loras):
     runtime = Runtime.load(TINY, loras=(LoraSpec(loras[0]),))
     with pytest.raises(UserInputError, match="no weight file to restore from"):
         run_job(runtime, job((LoraSpec(loras[1]),)))
+
+
+def test_a_bad_lora_in_a_chain_changes_no_weight_and_the_group_state_stays_right(bf16_files, loras, tmp_path):
+    from accel.model.files import TINY_CONFIG
+    from accel.model.lora import write_random_lora
+
+    wide = write_random_lora(tmp_path / "wide.safetensors", {**TINY_CONFIG, "attention_head_dim": 16}, seed=4)
+    good = (LoraSpec(loras[0], 1.0, 1.0),)
+    runtime = Runtime.load(bf16_files)
+    before = run_job(runtime, job(good)).latent
+    weights = state(runtime)
+    with pytest.raises(UserInputError, match="shape"):
+        run_job(runtime, job((LoraSpec(loras[1], 1.0, 1.0), LoraSpec(str(wide), 1.0, 1.0))))
+    assert all(torch.equal(state(runtime)[k], v) for k, v in weights.items())  # the file was refused first
+    assert torch.equal(run_job(runtime, job(good)).latent, before)

@@ -115,7 +115,7 @@ class LoraPatcher:
         self.spec = spec
         self.weights = loaded_weights(spec)
         self.load_dtype = TORCH_DTYPES[spec.dtype]  # what loading cast the file's tensors to
-        self.chain: LoraChain = ()
+        self.chain: LoraChain | None = ()  # None: a change failed part-way
         self.patched: dict[str, set[str]] = {expert: set() for expert in EXPERTS}
         self.notes: list[str] = []  # keys the chain's files have that match no weight
 
@@ -127,25 +127,29 @@ class LoraPatcher:
         if self.weights is None and self.chain:
             raise UserInputError(f"the {self.spec.source} preset has no weight file to restore from: its LoRAs "
                                  "are fixed when the model loads (start a new worker group to change them)")
-        notes = []
-        for expert in EXPERTS:
-            module = self.experts.expert(expert)
-            params = dict(module.named_parameters())
-            patches, plans = plan_chain(chain, expert, {name: tuple(p.shape) for name, p in params.items()})
-            for plan in plans:
-                if plan.skipped:
-                    notes.append(f"{expert}-noise expert: {plan.skipped_summary()}")
-                    log.info("%s", notes[-1])
+        planned = {}
+        for expert in EXPERTS:  # every file read and resolved first: a bad LoRA changes no weight
+            params = dict(self.experts.expert(expert).named_parameters())
+            planned[expert] = params, *plan_chain(chain, expert, {name: tuple(p.shape) for name, p in params.items()})
+        notes = [f"{expert}-noise expert: {plan.skipped_summary()}"
+                 for expert, (_, _, plans) in planned.items() for plan in plans if plan.skipped]
+        for note in notes:
+            log.info("%s", note)
+        self.chain = None  # until every weight is written: a failure part-way is repaired by the next apply
+        for expert, (params, patches, _) in planned.items():
+            before = self.patched[expert]
+            self.patched[expert] = before | set(patches)  # may differ from the loaded weights from here on
             with torch.no_grad():
-                for name in sorted(set(patches) | self.patched[expert]):
+                for name in sorted(self.patched[expert]):
                     param = params[name]
-                    original = self._original(expert, name, param, quantized)
+                    original = self._original(expert, name, param, quantized or name in before)
                     write_into(param.data, merged_weight(original, patches.get(name, [])))
             self.patched[expert] = set(patches)
         self.chain, self.notes = chain, notes
 
-    def _original(self, expert: str, name: str, param: torch.Tensor, quantized: bool) -> torch.Tensor:
-        if name not in self.patched[expert] and not quantized:
+    def _original(self, expert: str, name: str, param: torch.Tensor, changed: bool) -> torch.Tensor:
+        """The loaded value: the weight itself unless a LoRA or quantization changed it."""
+        if not changed:
             return value_of(param.data)
         # As loading made it: cast to the load dtype, then (norms, modulation) kept in float32.
         return self.weights[expert].read(name, self.load_dtype, param.device).to(value_of(param.data).dtype)
