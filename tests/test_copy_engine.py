@@ -9,6 +9,7 @@ rank to NCCL. On a GPU, the pitched copies are checked against torch's strided c
 from __future__ import annotations
 
 import socket
+import types
 from datetime import timedelta
 
 import pytest
@@ -94,3 +95,19 @@ def test_rows_that_do_not_fit_the_receive_buffer_are_refused_before_any_copy(off
     with pytest.raises(ValueError, match="do not fit"):
         copy_rows(buffer, Piece(0, rows, offset=offset, pitch=pitch), stream=None)
     assert torch.equal(buffer, torch.zeros(size))
+
+
+def test_receive_buffers_are_counted_for_the_peak_memory_figures(monkeypatch):
+    import accel.parallel.ulysses.copy_engine as copy_engine
+    from accel.parallel.ulysses import enable
+    from accel.parallel.ulysses.processor import UlyssesSelfAttention
+
+    exchange = copy_engine.CopyEngineExchange.__new__(copy_engine.CopyEngineExchange)
+    exchange.buffers = {"q0": (torch.zeros(100, dtype=torch.bfloat16), None), "o": (torch.zeros(10), None)}
+    assert exchange.buffer_bytes == 100 * 2 + 10 * 4
+    attention = UlyssesSelfAttention.__new__(UlyssesSelfAttention)
+    attention.copies = types.SimpleNamespace(engine=exchange)
+    processors = [types.SimpleNamespace(ulysses=attention)] * 3  # one exchange shared by every block
+    monkeypatch.setattr(enable, "self_attention_processors", lambda modules: processors)
+    experts = types.SimpleNamespace(high=None, low=None)
+    assert enable.outside_allocator_bytes(experts) == 240  # counted once

@@ -32,7 +32,7 @@ from ..sampling.topology import GroupTopology
 from .channel import Message, connect, receive, send
 from .layout import ParallelLayout
 from .mesh import build_mesh
-from .ulysses.enable import enable_ulysses
+from .ulysses.enable import enable_ulysses, outside_allocator_bytes
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,9 @@ class Worker:
             cp_config.ulysses_anything = tokens % self.layout.ulysses != 0
 
     def _memory_per_rank(self) -> list[float | None]:
-        mine = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
+        mine = None
+        if self.device.type == "cuda":  # the allocator's peak plus what the copy engines hold outside it
+            mine = (torch.cuda.max_memory_allocated(self.device) + outside_allocator_bytes(self.runtime.experts)) / 2**30
         gathered = [None] * self.config.world
         dist.all_gather_object(gathered, mine, group=self.control)
         return gathered

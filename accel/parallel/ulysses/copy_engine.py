@@ -51,6 +51,11 @@ class CopyEngineExchange:
         symm_mem.enable_symm_mem_for_group(group.group_name)
         _memcpy_2d_async()  # fails here, where the ranks can still fall back to NCCL together
 
+    @property
+    def buffer_bytes(self) -> int:
+        """The receive buffers' size: symmetric memory, outside PyTorch's allocator statistics."""
+        return sum(tensor.numel() * tensor.element_size() for tensor, _ in self.buffers.values())
+
     def _buffer(self, kind: str, numel: int, dtype: torch.dtype):
         held = self.buffers.get(kind)
         if held is None or held[0].numel() < numel or held[0].dtype != dtype:

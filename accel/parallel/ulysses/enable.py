@@ -61,3 +61,12 @@ def enable_ulysses(experts: DualExperts, mesh: Mesh, degree: int, engine: Engine
     for processor in self_attention_processors(modules):
         processor.ulysses = attention
     return configs
+
+
+def outside_allocator_bytes(experts: DualExperts) -> int:
+    """GPU memory the Ulysses attention holds outside PyTorch's allocator (the copy engines' receive
+    buffers, one set shared by both experts), for the peak-memory figures."""
+    engines = {id(p.ulysses.copies.engine): p.ulysses.copies.engine
+               for p in self_attention_processors((experts.high, experts.low))
+               if p.ulysses is not None and p.ulysses.copies is not None}
+    return sum(engine.buffer_bytes for engine in engines.values())
