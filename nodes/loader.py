@@ -87,9 +87,10 @@ class WanDualTransformerLoader(io.ComfyNode):
                                tooltip="the compute dtype in the workers (the tiny random models always run fp32)"),
                 io.Combo.Input("fp8_scaled", options=list(FP8_SCALED_MODES), default="dequantize",
                                tooltip="fp8_scaled files (ComfyUI's templates' experts): 'dequantize' on load to "
-                                       "the dtype, as ComfyUI computes by default (28.6 GB per A14B expert in "
-                                       "bf16); 'as_stored': the file's FP8 weights and scales used directly "
-                                       "(about 14 GB per expert, FP8 matmuls; bf16 only). Other files ignore it"),
+                                       "the dtype, as ComfyUI computes them where it has no FP8 matmuls (28.6 GB "
+                                       "per A14B expert in bf16); 'as_stored': the file's FP8 weights and scales "
+                                       "used directly with FP8 matmuls, as ComfyUI does on FP8 GPUs (Ada, Hopper, "
+                                       "Blackwell): about 14 GB per expert, bf16 only. Other files ignore it"),
                 io.Float.Input("boundary", default=0.0, min=0.0, max=1.0, step=0.005,
                                tooltip="Wan's expert switch (when the sampler's expert_switch is 'boundary'): "
                                        "the low-noise expert takes over below this fraction of the train "

@@ -232,7 +232,7 @@ NO_CACHE_ENGINE = {"gpus": "auto", "ulysses_degree": 0, "cfg_parallel": False, "
                    "attention_backend": "auto"}
 
 
-def loader(node_id: int, kind: str, fp8_scaled: str = "dequantize") -> Node:
+def loader(node_id: int, kind: str, fp8_scaled: str = "as_stored") -> Node:
     return Node(node_id, "CacheDiT_WanDualTransformerLoader", {
         "source": "single-file", "high_noise_model": f"wan2.2_{kind}_high_noise_14B_fp8_scaled.safetensors",
         "low_noise_model": f"wan2.2_{kind}_low_noise_14B_fp8_scaled.safetensors", "diffusers_model": "none",
