@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from accel.job.job import Job
@@ -19,3 +21,7 @@ def tiny_job(settings: JobSettings | None = None, latent_hw: tuple[int, int] = (
         settings=settings or JobSettings(sampler=SamplerSettings(steps=12)),
     )
 
+
+def sub(pack, module: str):
+    """A module of the pack imported by path (``pack`` is the conftest fixture's module)."""
+    return importlib.import_module(f"{pack.__name__}.{module}")

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import sub
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = {"CacheDiT_WanDualTransformerLoader", "CacheDiT_Config", "CacheDiT_SCMMask", "CacheDiT_FP8Quantize",
@@ -26,20 +27,6 @@ NEWER_THAN_THE_PREFIX = {"CacheDiT_WanDualLoraLoader", "CacheDiT_WanVAEDecode"} 
 WORKFLOWS = ROOT / "examples" / "workflows"
 
 
-@pytest.fixture(scope="module")
-def pack():
-    """The pack imported by path, as ComfyUI does (module name = its directory path)."""
-    name = str(ROOT)
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[name])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    module = sys.modules[name]
-    yield module
-    importlib.import_module(f"{name}.accel.parallel.registry").REGISTRY.release()
-
-
 def registered(pack) -> dict:
     extension = asyncio.run(pack.comfy_entrypoint())
     return {cls.define_schema().node_id: cls for cls in asyncio.run(extension.get_node_list())}
@@ -47,10 +34,6 @@ def registered(pack) -> dict:
 
 def node(pack, node_id):
     return registered(pack)[f"CacheDiT_{node_id}"]
-
-
-def sub(pack, module):
-    return importlib.import_module(f"{pack.__name__}.{module}")
 
 
 def run(pack, node_id, **inputs):

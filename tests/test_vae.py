@@ -7,17 +7,15 @@ builds only the released width 96, so that test writes a full-width random VAE).
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import json
 import math
-import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import sub
 from safetensors.torch import save_file
 
 from accel.errors import UserInputError
@@ -230,24 +228,6 @@ def test_group_refuses_bad_requests_and_stays_usable(group, vae_file, tmp_path):
 
 
 # --- the node -------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def pack():
-    """The pack imported by path, as ComfyUI does (module name = its directory path)."""
-    name = str(ROOT)
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[name])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    module = sys.modules[name]
-    yield module
-    importlib.import_module(f"{name}.accel.parallel.registry").REGISTRY.release()
-
-
-def sub(pack, module):
-    return importlib.import_module(f"{pack.__name__}.{module}")
-
 
 def decode_node(pack):
     extension = asyncio.run(pack.comfy_entrypoint())
