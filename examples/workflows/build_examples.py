@@ -267,6 +267,20 @@ def lightning_loras(first_id: int, model_from: int, kind: str, version: str) -> 
     ]
 
 
+def template_note(kind: str, lightning: bool, lora_version: str, shift: int, title: str, extra: str = "") -> str:
+    """The note of a template workflow: its path's settings and the files it needs."""
+    files = (f"models/diffusion_models: wan2.2_{kind}_high_noise_14B_fp8_scaled.safetensors, "
+             f"wan2.2_{kind}_low_noise_14B_fp8_scaled.safetensors")
+    if lightning:
+        files += (f"\nmodels/loras: wan2.2_{kind}_lightx2v_4steps_lora_{lora_version}_high_noise.safetensors, "
+                  f"wan2.2_{kind}_lightx2v_4steps_lora_{lora_version}_low_noise.safetensors")
+    path = "Lightning: 4 steps split 2/2, cfg 1, shift 5" if lightning else f"20 steps split 10/10, cfg 3.5, shift {shift}"
+    return (f"**Wan2.2 14B {title}, the official template's {'Lightning' if lightning else '20-step'} path "
+            f"on the pack's nodes** ({path}; euler / simple; 640x640x81{extra}).\n\n{files}\nmodels/text_encoders: "
+            "umt5_xxl_fp8_e4m3fn_scaled.safetensors\nmodels/vae: wan_2.1_vae.safetensors\n\nSee "
+            "examples/workflows/README.md for how the template's nodes map onto these.")
+
+
 def t2v_template(lightning: bool) -> Workflow:
     model = 10 if lightning else 1  # the sampler's model: the last LoRA node, else the loader
     nodes = [
@@ -283,16 +297,7 @@ def t2v_template(lightning: bool) -> Workflow:
     ]
     if lightning:
         nodes += lightning_loras(9, 1, "t2v", "v1.1")
-    files = ("models/diffusion_models: wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors, "
-             "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors")
-    if lightning:
-        files += ("\nmodels/loras: wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors, "
-                  "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors")
-    path = ("Lightning: 4 steps split 2/2, cfg 1, shift 5" if lightning else "20 steps split 10/10, cfg 3.5, shift 8")
-    note = (f"**Wan2.2 14B text to video, the official template's {'Lightning' if lightning else '20-step'} path "
-            f"on the pack's nodes** ({path}; euler / simple; 640x640x81).\n\n{files}\nmodels/text_encoders: "
-            "umt5_xxl_fp8_e4m3fn_scaled.safetensors\nmodels/vae: wan_2.1_vae.safetensors\n\nSee "
-            "examples/workflows/README.md for how the template's nodes map onto these.")
+    note = template_note("t2v", lightning, "v1.1", shift=8, title="text to video")
     name = "wan22_t2v_lightning_4step" if lightning else "wan22_t2v_template_20step"
     return Workflow(name, sorted(nodes, key=lambda n: n.id), [note])
 
@@ -315,16 +320,8 @@ def i2v_template(lightning: bool) -> Workflow:
     ]
     if lightning:
         nodes += lightning_loras(9, 1, "i2v", "v1")
-    files = ("models/diffusion_models: wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors, "
-             "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors")
-    if lightning:
-        files += ("\nmodels/loras: wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors, "
-                  "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors")
-    path = ("Lightning: 4 steps split 2/2, cfg 1, shift 5" if lightning else "20 steps split 10/10, cfg 3.5, shift 5")
-    note = (f"**Wan2.2 14B image to video, the official template's {'Lightning' if lightning else '20-step'} path "
-            f"on the pack's nodes** ({path}; euler / simple; 640x640x81; pick your start image in Load Image).\n\n"
-            f"{files}\nmodels/text_encoders: umt5_xxl_fp8_e4m3fn_scaled.safetensors\nmodels/vae: "
-            "wan_2.1_vae.safetensors\n\nSee examples/workflows/README.md for how the template's nodes map onto these.")
+    note = template_note("i2v", lightning, "v1", shift=5, title="image to video",
+                         extra="; pick your start image in Load Image")
     name = "wan22_i2v_lightning_4step" if lightning else "wan22_i2v_template_20step"
     return Workflow(name, sorted(nodes, key=lambda n: n.id), [note])
 
