@@ -9,8 +9,11 @@ import torch
 from accel.job.job import Job
 from accel.job.settings import JobSettings, ModelSpec, SamplerSettings
 from accel.job.smoke import smoke_embeddings
+from accel.model.files import to_original_layout
+from accel.model.fp8_scaled import write_fp8_scaled
 
 TINY = ModelSpec(source="tiny-random", dtype="fp32")
+FP8_READY = {"attention_head_dim": 16, "ffn_dim": 64}  # widths FP8 matmuls take
 
 
 def tiny_job(settings: JobSettings | None = None, latent_hw: tuple[int, int] = (8, 8), frames: int = 3) -> Job:
@@ -25,3 +28,18 @@ def tiny_job(settings: JobSettings | None = None, latent_hw: tuple[int, int] = (
 def sub(pack, module: str):
     """A module of the pack imported by path (``pack`` is the conftest fixture's module)."""
     return importlib.import_module(f"{pack.__name__}.{module}")
+
+
+def single_files(tmp_path, experts, fp8_scaled: bool = False) -> ModelSpec:
+    paths = []
+    for name in ("high", "low"):
+        path = tmp_path / f"{name}.safetensors"
+        state = to_original_layout(experts.expert(name).state_dict())
+        if fp8_scaled:
+            write_fp8_scaled(path, state, return_weights=False)
+        else:
+            from safetensors.torch import save_file
+
+            save_file(state, str(path))
+        paths.append(str(path))
+    return ModelSpec(source="single-file", high_path=paths[0], low_path=paths[1], dtype=experts.spec.dtype)

@@ -8,35 +8,17 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import TINY
+from helpers import FP8_READY, TINY, single_files
 
 from accel.errors import UserInputError
 from accel.job.job import Job
-from accel.job.settings import JobSettings, LoraSpec, ModelSpec, SamplerSettings
+from accel.job.settings import JobSettings, LoraSpec, SamplerSettings
 from accel.job.smoke import smoke_embeddings
-from accel.model.files import TINY_CONFIG, to_original_layout
-from accel.model.fp8_scaled import write_fp8_scaled
+from accel.model.files import TINY_CONFIG
 from accel.model.loading import load_experts, save_random_experts
 from accel.model.lora import write_random_lora
 from accel.sampling.loop import run_job
 from accel.sampling.runtime import Runtime
-
-FP8_READY = dict(attention_head_dim=16, ffn_dim=64)  # widths FP8 matmuls take
-
-
-def single_files(tmp_path, experts, fp8_scaled: bool = False) -> ModelSpec:
-    paths = []
-    for name in ("high", "low"):
-        path = tmp_path / f"{name}.safetensors"
-        state = to_original_layout(experts.expert(name).state_dict())
-        if fp8_scaled:
-            write_fp8_scaled(path, state, return_weights=False)
-        else:
-            from safetensors.torch import save_file
-
-            save_file(state, str(path))
-        paths.append(str(path))
-    return ModelSpec(source="single-file", high_path=paths[0], low_path=paths[1], dtype=experts.spec.dtype)
 
 
 def job(loras=(), text_dim: int = 32) -> Job:

@@ -10,7 +10,8 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import TINY, tiny_job
+import torch.nn.functional as F
+from helpers import FP8_READY, TINY, single_files, tiny_job
 
 from accel.errors import UserInputError
 from accel.job import memory
@@ -24,7 +25,7 @@ from accel.job.settings import (
     SamplerSettings,
 )
 from accel.model.files import A14B_CONFIG, A14B_I2V_CONFIG, TINY_CONFIG
-from accel.model.loading import save_random_experts
+from accel.model.loading import load_experts, save_random_experts
 from accel.model.lora import write_random_lora
 from accel.model.residency import (
     Slot,
@@ -76,7 +77,7 @@ def test_copy_engine_buffers_are_four_q_of_one_rank():
 
 @pytest.mark.parametrize("quantized, budget_gib, plan", [
     (False, 139.0, "resident"), (False, 60.0, "swap"), (False, 40.0, "swap"), (False, 24.0, "stream"),
-    (True, 60.0, "resident"), (True, 32.0, "swap"), (True, 24.0, "swap"),
+    (True, 60.0, "resident"), (True, 32.0, "swap"), (True, 24.0, "swap"), (True, 16.0, "stream"),
 ])
 def test_auto_picks_the_fastest_plan_that_fits_the_smallest_gpu(quantized, budget_gib, plan):
     need = MemoryNeed.estimate(A14B_CONFIG, "bf16", quantized, A14B_TOKENS_640)
@@ -94,13 +95,11 @@ def test_no_plan_fits_names_the_memory_that_would():
     assert f"{need.peaks['stream'] / GIB:.1f} GiB" in text and "'stream'" in text and "GPU 0 has 6.0 GiB" in text
 
 
-def test_fp8_has_no_stream_plan_yet():
+def test_fp8_streams_within_16_gib():
     need = MemoryNeed.estimate(A14B_CONFIG, "bf16", True, A14B_TOKENS_640)
-    assert need.peaks["stream"] is None and "stream n/a" in choose_plan("swap", need, {}).reason()
-    with pytest.raises(UserInputError, match="smallest, 'swap'"):
-        choose_plan("auto", need, {"GPU 0": 16 * GIB})
-    with pytest.raises(UserInputError, match="Float8Tensor"):
-        choose_plan("stream", need, {})
+    bf16 = MemoryNeed.estimate(A14B_CONFIG, "bf16", False, A14B_TOKENS_640)
+    assert need.peaks["stream"] < bf16.peaks["stream"]  # one byte per streamed weight: a smaller window
+    assert choose_plan("auto", need, {"GPU 0": 16 * GIB}).plan == "stream"
 
 
 def test_a_forced_plan_is_kept_and_cpu_ranks_are_resident():
@@ -231,6 +230,61 @@ def test_lora_changes_reach_both_copies(plan, lora_model):
                 assert torch.equal(slot.get(), slot.mirror), slot.name
 
 
+@pytest.fixture(scope="module")
+def fp8_files(tmp_path_factory):
+    """A tiny fp8_scaled pair (widths FP8 takes), used as stored: torchao Float8Tensor weights."""
+    folder = tmp_path_factory.mktemp("residency-fp8")
+    experts = load_experts(dataclasses.replace(save_random_experts(folder / "dir", **FP8_READY), dtype="bf16"))
+    return dataclasses.replace(single_files(folder, experts, fp8_scaled=True), fp8_scaled="as_stored")
+
+
+@pytest.mark.parametrize("plan", ["swap", "stream"])
+def test_fp8_weights_as_stored_give_resident_latents_under_every_plan(plan, fp8_files):
+    from torchao.quantization import Float8Tensor
+
+    job = tiny_job(settings())
+    resident = Runtime.load(fp8_files)
+    expected = [run_job(resident, job) for _ in range(2)]
+    runtime = Runtime.load(fp8_files, engine=EngineOptions(residency=plan))
+    runtime.residency.budget = int(1.5 * runtime.residency.states["high"].device_bytes)
+    for theirs in expected:
+        ours = run_job(runtime, job)
+        assert torch.equal(ours.latent, theirs.latent) and decisions(ours) == decisions(theirs)
+    slot = runtime.residency.by_name["high"]["blocks.0.attn1.to_q.weight"]
+    assert isinstance(slot.get(), Float8Tensor) and same_storage(slot.get(), slot.mirror)  # between forwards
+
+
+def test_cache_dit_layerwise_offload_moves_float8_weights_once_installed():
+    """cache-dit re-points a weight with ``parameter.data = x``: a Float8Tensor parameter keeps its
+    own inner tensors then. With layerwise_float8 installed the layer computes with what cache-dit
+    assigned, and plain tensors still go cache-dit's own way."""
+    from cache_dit.offload import layerwise
+    from torchao.quantization import Float8Tensor
+    from torchao.quantization.granularity import PerRow
+
+    from accel.model import layerwise_float8
+
+    linear = torch.nn.Linear(64, 32).to(torch.bfloat16)
+    weight = linear.weight.data
+    linear.weight = torch.nn.Parameter(Float8Tensor.from_hp(weight, granularity=PerRow()), requires_grad=False)
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    expected = linear(x)
+    negated = Float8Tensor.from_hp(-weight, granularity=PerRow())
+    layerwise_float8.install()
+    layerwise_float8.install()  # idempotent: one wrapper
+    assign = layerwise._assign_direct_state_tensor
+    assert not getattr(assign.__wrapped__, "_accel_moves_tensor_subclasses", False)
+    assign(linear, kind="parameter", name="weight", tensor=negated, requires_grad=False)
+    torch.testing.assert_close(linear(x), F.linear(x, negated.dequantize(), linear.bias), rtol=2e-2, atol=2e-2)
+    assert (linear(x) - expected).abs().max() > 0.5
+    bias = torch.zeros_like(linear.bias)
+    assign(linear, kind="parameter", name="bias", tensor=bias, requires_grad=False)
+    assert type(linear.bias) is torch.nn.Parameter and linear.bias.data_ptr() == bias.data_ptr()
+    assert torch.ops.aten.record_stream.default in Float8Tensor._ATEN_OP_TABLE[Float8Tensor]
+    with pytest.raises(KeyError, match="Missing parameter"):
+        assign(linear, kind="parameter", name="scale", tensor=negated, requires_grad=False)
+
+
 def test_float8_weights_move_by_their_inner_tensors():
     from torchao.quantization import Float8Tensor
     from torchao.quantization.granularity import PerRow
@@ -281,7 +335,7 @@ def test_cuda_plans_equal_resident(plan):
 
 
 @cuda
-@pytest.mark.parametrize("plan", ["swap"])  # stream refuses FP8 (test_fp8_has_no_stream_plan_yet)
+@pytest.mark.parametrize("plan", ["swap", "stream"])
 def test_cuda_fp8_plans_equal_resident(plan, tmp_path):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability 8.9")

@@ -61,19 +61,6 @@ STREAM_PREFETCH_BLOCKS = 2
 STREAM_BLOCKS_IN_FLIGHT = STREAM_PREFETCH_BLOCKS + 2
 
 
-STREAM_FP8_REASON = (
-    "the 'stream' plan does not take FP8 weights yet: cache-dit's layerwise offload moves a weight by "
-    "re-pointing param.data, which a torchao Float8Tensor parameter ignores (it keeps its own qdata and "
-    "scale); use 'swap', or bf16 weights"
-)
-
-
-def check_plan(plan: str, quantized: bool) -> None:
-    """Refuse a plan that cannot run these weights (before any weights move)."""
-    if plan == "stream" and quantized:
-        raise UserInputError(STREAM_FP8_REASON)
-
-
 def memory_fraction(environ: Mapping[str, str] = os.environ) -> float | None:
     """ACCEL_GPU_MEMORY_FRACTION (diagnostic: cap each worker's GPU memory), if set."""
     text = environ.get(MEMORY_FRACTION_ENV, "").strip()
@@ -159,7 +146,7 @@ def activation_bytes(config: Mapping[str, Any], dtype: str, tokens_per_rank: int
 class MemoryNeed:
     """What the job asks of each rank's GPU, per plan (bytes)."""
 
-    peaks: dict[str, int | None]  # None: the plan cannot run these weights (stream with FP8)
+    peaks: dict[str, int]
     tokens: int
     tokens_per_rank: int
 
@@ -175,8 +162,7 @@ class MemoryNeed:
         expert = size.bytes(dtype_bytes, quantized)
         streamed = size.resident_bytes_when_streamed(dtype_bytes) \
             + STREAM_BLOCKS_IN_FLIGHT * size.streamed_block_bytes(dtype_bytes, quantized)
-        peaks = {"resident": 2 * expert + common, "swap": expert + common,
-                 "stream": None if quantized else streamed + common}
+        peaks = {"resident": 2 * expert + common, "swap": expert + common, "stream": streamed + common}
         return cls(peaks=peaks, tokens=tokens, tokens_per_rank=per_rank)
 
 
@@ -190,11 +176,10 @@ class PlanChoice:
     @property
     def fits(self) -> bool:
         peak = self.need.peaks[self.plan]
-        return not self.budgets or (peak is not None and peak <= min(self.budgets.values()))
+        return not self.budgets or peak <= min(self.budgets.values())
 
     def reason(self) -> str:
-        peaks = ", ".join(f"{plan} {peak / GIB:.1f}" if peak is not None else f"{plan} n/a (FP8)"
-                          for plan, peak in self.need.peaks.items())
+        peaks = ", ".join(f"{plan} {peak / GIB:.1f}" for plan, peak in self.need.peaks.items())
         free = ", ".join(f"{name} {budget / GIB:.1f} GiB" for name, budget in self.budgets.items())
         how = "forced" if self.forced else "auto: the fastest that fits"
         text = (f"residency {self.plan} ({how}); estimated GiB per GPU for {self.need.tokens:,} tokens "
@@ -213,22 +198,18 @@ def choose_plan(requested: str, need: MemoryNeed, budgets: Mapping[str, int]) ->
     if requested != "auto":
         if requested not in RESIDENCY_PLANS:
             raise UserInputError(f"residency {requested!r} is unknown; expected auto or one of {RESIDENCY_PLANS}")
-        if need.peaks[requested] is None:
-            raise UserInputError(STREAM_FP8_REASON)
         return PlanChoice(requested, True, need, budgets)
     if not budgets:  # CPU ranks: host memory, nothing to save
         return PlanChoice("resident", False, need, budgets)
     smallest_name, smallest = min(budgets.items(), key=lambda item: item[1])
-    available = [plan for plan in RESIDENCY_PLANS if need.peaks[plan] is not None]
-    for plan in available:
+    for plan in RESIDENCY_PLANS:
         if need.peaks[plan] <= smallest:
             return PlanChoice(plan, False, need, budgets)
-    last = available[-1]
+    last = RESIDENCY_PLANS[-1]
     least = need.peaks[last]
-    what = {"stream": "blocks streamed from host memory", "swap": "one expert at a time; stream takes no FP8"}[last]
     raise UserInputError(
         f"this prompt ({need.tokens:,} tokens, {need.tokens_per_rank:,} per GPU) fits no residency plan: the "
-        f"smallest, '{last}' ({what}), needs about {least / GIB:.1f} GiB of free GPU "
+        f"smallest, '{last}' (blocks streamed from host memory), needs about {least / GIB:.1f} GiB of free GPU "
         f"memory per GPU, and {smallest_name} has {smallest / GIB:.1f} GiB usable. Use GPUs with at least "
         f"{least / GIB:.1f} GiB free, more GPUs in the Ulysses group (the activations split across them), or "
         "fewer frames / a smaller size"

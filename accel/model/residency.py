@@ -17,7 +17,8 @@
   (``cache_dit.offload.layerwise``, async copy streams, a prefetch window of
   memory.STREAM_PREFETCH_BLOCKS blocks). Targets are the Linear layers, not the blocks: cache-dit
   moves a target's *direct* parameters only, and the fused block reads its modulation table and
-  cross-attention norm without calling a module, so those stay resident with the rest.
+  cross-attention norm without calling a module, so those stay resident with the rest. FP8
+  weights (torchao Float8Tensor) move by their inner tensors there too (model/layerwise_float8.py).
 
 LoRA: the patcher writes merged weights into ``param.data``, wherever that is (the device copy
 of a resident expert, the mirror of an offloaded one); ``sync_mirrors`` then copies every
@@ -39,6 +40,8 @@ import torch
 
 from ..job import memory
 from ..job.settings import EXPERTS
+from . import layerwise_float8
+from .layerwise_float8 import is_tensor_subclass
 from .loading import DualExperts
 
 log = logging.getLogger(__name__)
@@ -50,13 +53,9 @@ STREAM_TRANSFER_BUCKETS = 2  # cache-dit's copy streams per direction
 # Tensors and tensor subclasses (torchao Float8Tensor: qdata + scale)
 
 
-def _is_subclass(tensor: torch.Tensor) -> bool:
-    return type(tensor) not in (torch.Tensor, torch.nn.Parameter) and hasattr(tensor, "__tensor_flatten__")
-
-
 def rebuild(tensor: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``tensor`` with each plain tensor inside it replaced by ``fn`` of it (a subclass rebuilt)."""
-    if _is_subclass(tensor):
+    if is_tensor_subclass(tensor):
         names, context = tensor.__tensor_flatten__()
         inner = {name: rebuild(getattr(tensor, name), fn) for name in names}
         return type(tensor).__tensor_unflatten__(inner, context, tensor.size(), tensor.stride())
@@ -64,7 +63,7 @@ def rebuild(tensor: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) ->
 
 
 def plain_parts(tensor: torch.Tensor) -> list[torch.Tensor]:
-    if _is_subclass(tensor):
+    if is_tensor_subclass(tensor):
         names, _ = tensor.__tensor_flatten__()
         return [part for name in names for part in plain_parts(getattr(tensor, name))]
     return [tensor]
@@ -130,12 +129,12 @@ class Slot:
         if self.kind == "buffer":
             return self.module._buffers[self.attr]
         param = self.module._parameters[self.attr]
-        return param if _is_subclass(param) else param.data
+        return param if is_tensor_subclass(param) else param.data
 
     def set(self, tensor: torch.Tensor) -> None:
         if self.kind == "buffer":
             self.module._buffers[self.attr] = tensor
-        elif _is_subclass(tensor):
+        elif is_tensor_subclass(tensor):
             # ``param.data = x`` does not take for a wrapper subclass: the parameter keeps its own
             # inner tensors (torchao Float8Tensor's qdata and scale). A new Parameter does.
             self.module._parameters[self.attr] = torch.nn.Parameter(tensor, requires_grad=False)
@@ -426,6 +425,9 @@ class StreamResidency(SwapResidency):
             # cache-dit counts a target's bytes as numel x element size of the wrapper (2 for FP8's bf16)
             block_bytes = sum(sum(t.numel() * t.element_size() for t in module.get_submodule(n).parameters(False))
                               for n in block)
+            targets = [module.get_submodule(n) for n in names]
+            if layerwise_float8.has_subclass_weights(targets):  # FP8 weights (torchao Float8Tensor)
+                layerwise_float8.install()
             with _mirrors_are_pinned():
                 self.handles[expert] = layerwise_cpu_offload(
                     module, module_names=names, onload_device=self.device, async_transfer=self.cuda,

@@ -27,7 +27,6 @@ def resolve_residency(spec: ModelSpec, layout: ParallelLayout, engine: EngineOpt
     """The plan for "auto" (the fastest whose estimated peak fits the smallest GPU budget), or the
     forced one; a prompt that fits no plan is a UserInputError here, before any weights move."""
     quantized = engine.quantize is not None or spec.fp8_scaled == "as_stored"
-    memory.check_plan(engine.residency, quantized)
     if engine.residency != "auto" and not budgets:
         return engine
     config = model_config_for(spec)

@@ -114,7 +114,6 @@ class Runtime:
         ulysses = _sp_degree(topology)
         engine = resolve_in_process(engine, spec, device, ulysses, tokens)
         plan = engine.residency
-        memory.check_plan(plan, quantized(engine, spec))  # before any weights move
         experts = _load_for(plan, spec, device)
         compiled = compile_block_ops(engine, device)
         for module in (experts.high, experts.low):  # before any hook wraps a block's forward
