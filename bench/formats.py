@@ -127,13 +127,13 @@ def _alarm(signum, frame):
 
 
 def proc_status() -> dict[str, float]:
-    """VmRSS, VmHWM, RssAnon, RssFile of this process in GB (Linux; empty elsewhere)."""
+    """VmRSS, VmHWM, RssAnon, RssFile, RssShmem of this process in GB (Linux; empty elsewhere)."""
     values = {}
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
                 key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
                     values[key] = int(rest.split()[0]) * 1024 / GB
     except OSError:
         pass
@@ -563,10 +563,11 @@ def child_main(config_json: str) -> int:
     return 0
 
 
-def run_child(config: dict, timeout_s: float, report: Report) -> dict | None:
-    """Run one configuration in a child process; its output streams through with a prefix."""
+def run_child(config: dict, timeout_s: float, report: Report, code: str = CHILD_CODE) -> dict | None:
+    """Run one configuration in a child process (``code``: its main, formatted with the project
+    root); its output streams through with a prefix."""
     name = config["name"]
-    command = [sys.executable, "-c", CHILD_CODE.format(root=str(ROOT)), json.dumps(config)]
+    command = [sys.executable, "-c", code.format(root=str(ROOT)), json.dumps(config)]
     say(f"--- child: {name} (timeout {timeout_s:.0f} s)")
     process = subprocess.Popen(command, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)

@@ -23,6 +23,13 @@ derived from the H200 measurements of max_memory_allocated with both bf16 expert
 14.3e9 x 2 bytes = 53.3 GiB of weights): 720x1280x81 (75,600 tokens, one GPU) peaked at 68 GiB,
 so 14.7 GiB of activations = 75,600 x 5120 x 2 bytes x 20.4; 480x832x33 (14,040 tokens) then
 predicts 53.3 + 2.7 = 56.0 GiB, inside the 55-58 GiB measured. 21 keeps a little margin.
+FP8 weights (torchao Float8Tensor, eager) take more: at 640x640x81 (33,600 tokens) on an H200
+(bench/results/2026-12-01-NVIDIA-H200-memory.md) an fp8_scaled pair used as stored peaked at
+38.0 GiB with both experts resident (27.2 GiB of weights: 10.8 GiB of activations, a factor of
+33.8) and at 11.3 GiB streamed (1.8 GiB of weights on the GPU: 9.5 GiB, 29.7), where bf16 took
+5.6 GiB (17.3); QUANTIZED_ACTIVATION_FACTOR 36 keeps a margin over those, so that a 24 GiB card
+with FP8 weights at that size streams (measured 0.99x resident) instead of swapping into an
+out-of-memory error (the swap plan ran out at 24 GiB: 20.6 GiB allocated, 1.7 GiB asked for).
 copy-engine buffers (Ulysses over copy engines, outside PyTorch's allocator statistics): 4 x one
 rank's q, tokens per rank x width x 2 bytes. overhead: the worker's CUDA context, cuBLAS / NCCL
 workspaces and allocator fragmentation, which free memory measured before the workers start
@@ -52,6 +59,7 @@ MEMORY_FRACTION_ENV = "ACCEL_GPU_MEMORY_FRACTION"
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 QUANTIZED_WEIGHT_BYTES = 1  # FP8 / int8 Linear weights (their per-row scales are negligible)
 ACTIVATION_FACTOR = 21.0
+QUANTIZED_ACTIVATION_FACTOR = 36.0
 COPY_ENGINE_BUFFERS = 4  # receive buffers, each one rank's q
 OVERHEAD_BYTES = 2 * GIB
 # cache-dit's prefetch window under "stream" (max_inflight_prefetch_bytes, in blocks), and what is
@@ -137,9 +145,10 @@ def job_tokens(latent_shape: Sequence[int], patch_size: Sequence[int]) -> int:
     return batch * math.prod(d // p for d, p in zip(dims, patch_size))
 
 
-def activation_bytes(config: Mapping[str, Any], dtype: str, tokens_per_rank: int) -> int:
+def activation_bytes(config: Mapping[str, Any], dtype: str, tokens_per_rank: int, quantized: bool = False) -> int:
     width = config["num_attention_heads"] * config["attention_head_dim"]
-    return math.ceil(tokens_per_rank * width * DTYPE_BYTES[dtype] * ACTIVATION_FACTOR)
+    factor = QUANTIZED_ACTIVATION_FACTOR if quantized else ACTIVATION_FACTOR
+    return math.ceil(tokens_per_rank * width * DTYPE_BYTES[dtype] * factor)
 
 
 @dataclass(frozen=True)
@@ -158,7 +167,7 @@ class MemoryNeed:
         per_rank = math.ceil(tokens / ulysses)
         width = config["num_attention_heads"] * config["attention_head_dim"]
         buffers = COPY_ENGINE_BUFFERS * per_rank * width * 2 if copy_engine and ulysses > 1 else 0
-        common = activation_bytes(config, dtype, per_rank) + buffers + OVERHEAD_BYTES
+        common = activation_bytes(config, dtype, per_rank, quantized) + buffers + OVERHEAD_BYTES
         expert = size.bytes(dtype_bytes, quantized)
         streamed = size.resident_bytes_when_streamed(dtype_bytes) \
             + STREAM_BLOCKS_IN_FLIGHT * size.streamed_block_bytes(dtype_bytes, quantized)

@@ -203,6 +203,7 @@ class SwapResidency(Residency):
         self.cuda = self.device.type == "cuda"
         self.side = torch.cuda.Stream(self.device) if self.cuda else None
         self.dtype, self.sp_degree = dtype, sp_degree
+        self.quantized = layerwise_float8.has_subclass_weights(experts.high.modules())  # FP8: larger activations
         self.arena = PinnedArena()
         self.budget: int | None = None  # tests: a pretend device size (bytes); None: the real free memory
         self.running: str | None = None
@@ -333,7 +334,8 @@ class SwapResidency(Residency):
 
     def _activations(self, tokens: int) -> int:
         per_rank = -(-tokens // self.sp_degree)
-        return memory.activation_bytes(dict(self.experts.config), self.dtype, per_rank) + PREFETCH_MARGIN_BYTES
+        return memory.activation_bytes(dict(self.experts.config), self.dtype, per_rank,
+                                       self.quantized) + PREFETCH_MARGIN_BYTES
 
     def begin_job(self, experts_of_step: Sequence[str], tokens: int) -> None:
         self.onloads = []
@@ -342,7 +344,7 @@ class SwapResidency(Residency):
             return
         first, later = order[0], order[1:]
         if self.states[first].where == "host":
-            if not self._fits(first):
+            if not self._fits(first, self._activations(tokens)):  # the job's activations too
                 for other in EXPERTS:
                     if other != first:
                         self.offload(other)
