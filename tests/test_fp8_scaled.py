@@ -384,11 +384,16 @@ def test_zero_scale_and_zero_input_stay_finite(tmp_path):
 
 
 def test_replace_linear_weights_guards_shapes():
-    module = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.Linear(24, 40), torch.nn.LayerNorm(8))
+    module = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.Linear(24, 40), torch.nn.LayerNorm(8),
+                                 torch.nn.Linear(32, 32)).to(torch.bfloat16)
+    module[3].float()  # a layer the bf16 model keeps in float32 (as diffusers keeps Wan's time embedder)
     weights = {"0": fp8_scaled.quantize_per_tensor(torch.randn(48, 32)),
-               "1.weight": fp8_scaled.quantize_per_tensor(torch.randn(40, 24))}
+               "1.weight": fp8_scaled.quantize_per_tensor(torch.randn(40, 24)),
+               "3": fp8_scaled.quantize_per_tensor(torch.randn(32, 32))}
     counts = replace_linear_weights(module, weights, dtype=torch.bfloat16)
-    assert counts == {"float8": 1, "dequantized": 1}
+    assert counts == {"float8": 1, "dequantized": 2}
+    assert module[3].weight.dtype == torch.float32  # torch._scaled_mm takes no float32 bias
+    assert torch.equal(module[3].weight, weights["3"].dequantize(torch.bfloat16).float())
     assert type(module[0].weight).__name__ == "Float8Tensor" and not module[0].weight.requires_grad
     assert module[1].weight.dtype == torch.bfloat16 and not module[1].weight.requires_grad
     assert torch.equal(module[1].weight, weights["1.weight"].dequantize(torch.bfloat16))

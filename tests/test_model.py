@@ -190,6 +190,33 @@ def test_fp8_scaled_files_used_as_stored_keep_the_files_bytes(tmp_path, fp8_read
     torch.testing.assert_close(forward(stored.low).float(), forward(dequantized.low).float(), rtol=0.1, atol=0.1)
 
 
+def test_float32_layers_of_an_all_linear_fp8_scaled_file_are_dequantized_to_float32(tmp_path, fp8_ready_experts):
+    """Comfy-Org's files store every Linear in float8, Wan's time embedder too, which diffusers
+    computes in float32: torch._scaled_mm takes no float32 bias (the GPU run failed so), so those
+    layers get their dequantized weight in float32, and the rest stay float8."""
+    from torchao.quantization import Float8Tensor
+
+    paths = []
+    for name in ("high", "low"):
+        state = to_original_layout(fp8_ready_experts.expert(name).state_dict())
+        path = tmp_path / f"{name}_all_linear_fp8_scaled.safetensors"
+        write_fp8_scaled(path, state, select=lambda key, s=state: key.endswith(".weight") and s[key].dim() == 2)
+        paths.append(path)
+    spec = ModelSpec(source="single-file", high_path=str(paths[0]), low_path=str(paths[1]), dtype="bf16",
+                     fp8_scaled="as_stored")
+    stored = load_experts(spec)
+    dequantized = load_experts(dataclasses.replace(spec, fp8_scaled="dequantize"))
+    embedder = stored.high.condition_embedder
+    for linear in (embedder.time_embedder.linear_1, embedder.time_embedder.linear_2):
+        assert type(linear.weight) is torch.nn.Parameter and linear.weight.dtype == torch.float32
+        assert linear.bias.dtype == torch.float32
+    assert torch.equal(embedder.time_embedder.linear_1.weight,
+                       dequantized.high.condition_embedder.time_embedder.linear_1.weight.float())
+    assert isinstance(embedder.text_embedder.linear_1.weight, Float8Tensor)
+    assert isinstance(stored.high.blocks[0].ffn.net[2].weight, Float8Tensor)
+    torch.testing.assert_close(forward(stored.high).float(), forward(dequantized.high).float(), rtol=0.1, atol=0.1)
+
+
 def test_damaged_fp8_scaled_file_names_the_file_before_any_worker_starts(tmp_path, fp8_ready_experts):
     high, low = fp8_scaled_pair(tmp_path, fp8_ready_experts)
     state = load_file(str(high))

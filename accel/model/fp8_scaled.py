@@ -511,8 +511,8 @@ def replace_linear_weights(
     trailing ".weight" is dropped) for ``Float8Tensor`` parameters (``requires_grad=False``), in
     place. ``dtype``: the compute dtype the weights report (default: the Linear's current dtype,
     which may be a meta tensor's). A Linear whose dims are not multiples of 16 (``_scaled_mm``
-    cannot run it; torchao's config skips such layers too) gets the dequantized weight instead.
-    Returns counts {"float8": n, "dequantized": m}."""
+    cannot run it; torchao's config skips such layers too), or that computes in float32 (a float32
+    bias), gets the dequantized weight instead. Returns counts {"float8": n, "dequantized": m}."""
     counts = {"float8": 0, "dequantized": 0}
     for name, (qdata, scale) in fp8_weights.items():
         name = name.removesuffix(".weight")
@@ -525,16 +525,23 @@ def replace_linear_weights(
         expected = (linear.out_features, linear.in_features)
         if tuple(qdata.shape) != expected:
             raise UserInputError(f"fp8 weight for {name} has shape {tuple(qdata.shape)}, the model expects {expected}")
+        # A layer diffusers keeps in float32 in a bf16 / fp16 model (Wan's time embedder: its bias is
+        # float32) computes in float32, which torch._scaled_mm cannot (its bias and output are bf16 /
+        # fp16 only). Comfy-Org's files store those layers in float8 too: they get their dequantized
+        # weight, in float32 as the "dequantize" mode has it (rounded to the compute dtype, upcast).
         target = dtype or linear.weight.dtype
-        if qdata.dtype == torch.float8_e4m3fn and fp8_mm_compatible(qdata.shape):
+        fp32_layer = target != torch.float32 and linear.bias is not None and linear.bias.dtype == torch.float32
+        if not fp32_layer and qdata.dtype == torch.float8_e4m3fn and fp8_mm_compatible(qdata.shape):
             weight = as_float8_weight(qdata, scale, target, **float8_kwargs)
             counts["float8"] += 1
         else:
             weight = dequantize(qdata, scale, target)
+            weight = weight.float() if fp32_layer else weight
             counts["dequantized"] += 1
         linear.weight = torch.nn.Parameter(weight, requires_grad=False)
     if counts["dequantized"]:
-        log.info("%d fp8 layers dequantized (dims not multiples of 16 or not e4m3fn), %d kept as float8",
+        log.info("%d fp8 layers dequantized (float32 layers, dims not multiples of 16, or not e4m3fn), "
+                 "%d kept as float8",
                  counts["dequantized"], counts["float8"])
     return counts
 
