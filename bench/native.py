@@ -20,7 +20,9 @@ What it does, in order (each configuration in its own try/except: a failure is a
    (``--fp8-marker pair``: the 2-element marker, dequantized matmuls). By default
    ONE file of each format serves as both the high-noise and the low-noise expert (the timing does
    not depend on the weights; ``--expert-pair`` writes two of each where the disk has room).
-   Files already there from an earlier run with the same settings are reused.
+   Files already there from an earlier run with the same settings are reused. Beside them a random
+   full-width Wan2.1 VAE (``save_random_vae``: base_dim 96, the only width ComfyUI builds; bf16, as
+   ``wan_2.1_vae.safetensors`` is stored) in the original layout, reused where there.
 2. Native ComfyUI, imported in this process from ``--comfyui`` (default ``.comfyui/`` at the repo
    root; ComfyUI is GPL-3.0: imported at run time, none of its code is in this repository): the
    official template's chain UNETLoader -> ModelSamplingSD3 -> two KSamplerAdvanced (euler /
@@ -28,12 +30,19 @@ What it does, in order (each configuration in its own try/except: a failure is a
    synthetic conditioning and an empty latent. Configurations: fp16 file, default; fp8_scaled
    file, default; fp8_scaled file with weight_dtype ``fp8_e4m3fn_fast``; optionally fp16 +
    TorchCompileModel (``--native-configs ...,fp16_compile``).
-3. The pack, by default in a worker group of one GPU (``--pack-in workers``: a process of its own,
+3. The VAE decode (``--skip-vae`` turns it off): ComfyUI's VAELoader + VAEDecode on that file, then
+   the pack's decode of the same seeded random latent (the run's, [1, 16, 21, 60, 104] at
+   480x832x81; [1, 16, 2, 8, 8] on the CPU dry run) with the node's defaults (tiling "auto", dtype
+   "auto"), in a worker group of one GPU holding the tiny random experts (``--pack-in workers``;
+   the VAE does not depend on them) or in this process (``GroupVae``, the workers' own decode).
+   Each side: load, an untimed decode of a small latent, then one timed decode (wall time of the
+   call, frames on the host); PSNR of the pack's frames against ComfyUI's.
+4. The pack, by default in a worker group of one GPU (``--pack-in workers``: a process of its own,
    as the nodes run it; ``--pack-in process``: ``Runtime.load`` in this process, where ComfyUI's
    import slows its forward by a third): the same files (bf16; FP8 per-row + compile; the
    fp8_scaled file used as stored + compile) and the same settings, conditioning, latent and
    seed, plus cache presets (``--cache-presets``) on the template path.
-4. With ``--pack-in process``: the pack's uncached forward at ``--tokens`` (bf16 with exact
+5. With ``--pack-in process``: the pack's uncached forward at ``--tokens`` (bf16 with exact
    attention; FP8 + compile; FP8 + a low-precision attention backend where one is installed).
 
 Each configuration: load, a 2-step warm-up chain (both experts, which also compiles), then each
@@ -90,6 +99,9 @@ from accel.job.settings import (  # noqa: E402
 from accel.logs import setup_logging  # noqa: E402
 from accel.model.files import A14B_CONFIG, original_key  # noqa: E402
 from accel.model.fp8_scaled import BLOCK_LINEAR, write_fp8_scaled  # noqa: E402
+from accel.model.vae import save_random_vae  # noqa: E402
+from accel.parallel.layout import ParallelLayout  # noqa: E402
+from bench.quality import psnr  # noqa: E402
 
 GIB = 2**30
 TEXT_TOKENS = 512
@@ -101,6 +113,16 @@ TINY_COMFY_CONFIG = dict(
 )
 TINY_SIZE = (9, 64, 64)  # frames, height, width: latent [1, 16, 3, 8, 8]
 FORWARD_SHAPES = {14040: (33, 480, 832), 32760: (81, 480, 832), 75600: (81, 720, 1280)}
+VAE_TINY_LATENT = (1, 16, 2, 8, 8)  # the CPU dry run's decode: 5 frames of 64 x 64
+VAE_WARM_LATENT = (1, 16, 2, 8, 8)  # each side's untimed first decode (loads the VAE onto the device)
+# For the budget: one decode of 480x832x81 (2-10 s a side on an H200), loading the VAE, and
+# starting a worker group of the tiny random model (processes, imports, CUDA context).
+VAE_DECODE_S, VAE_LOAD_S, GROUP_START_S = 10.0, 3.0, 30.0
+
+
+def one_gpu_layout(device: torch.device) -> ParallelLayout:
+    """A worker group of one rank: on ``device`` where it is a GPU, else on the CPU."""
+    return ParallelLayout(devices=(device.index or 0,)) if device.type == "cuda" else ParallelLayout()
 
 
 class PackRunner:
@@ -109,13 +131,11 @@ class PackRunner:
 
     def __init__(self, spec: ModelSpec, device: torch.device, engine, in_workers: bool):
         from accel.parallel.group import WorkerGroup
-        from accel.parallel.layout import ParallelLayout
         from accel.sampling.runtime import Runtime
 
         self.group = self.runtime = None
         if in_workers:
-            layout = ParallelLayout(devices=(device.index or 0,)) if device.type == "cuda" else ParallelLayout()
-            self.group = WorkerGroup(spec, layout, engine).start()
+            self.group = WorkerGroup(spec, one_gpu_layout(device), engine).start()
         else:
             self.runtime = Runtime.load(spec, device, engine)
 
@@ -357,7 +377,8 @@ class Collector(logging.Handler):
     """Keeps ComfyUI's loader and memory lines (model dtype, missing keys, partial loads)."""
 
     KEYS = ("model weight dtype", "model_type", "Using scaled fp8", "unet missing", "unet unexpected",
-            "left over keys", "loaded partially", "loaded completely", "lowvram", "memory leak")
+            "left over keys", "loaded partially", "loaded completely", "lowvram", "memory leak",
+            "VAE load device", "Missing VAE keys", "Leftover VAE keys", "tiled VAE decoding")
 
     def __init__(self):
         super().__init__(logging.INFO)
@@ -406,6 +427,10 @@ class Bench:
         self.forward: dict[str, dict] = {}
         self.attention: dict = {}
         self.weights: dict = {}
+        self.vae: dict = {"rows": {}}
+        self.vae_file: Path | None = None
+        self.vae_frames: torch.Tensor | None = None  # native's, until the pack's are compared with them
+        self.vae_shape = VAE_TINY_LATENT if self.tiny else self.latent_shape
         self.files: dict[str, tuple[Path, Path] | None] = {"fp16": None, "fp8": None}
         self.notes: list[str] = []
         self.reasons: dict[str, str] = {}
@@ -484,10 +509,14 @@ class Bench:
             needed |= {PACK[n].weights for n in a.pack_configs.split(",") if n in PACK}
         return needed
 
+    def scratch_dir(self) -> Path:
+        scratch = Path(self.args.scratch or ("/tmp/wan-native-bench-tiny" if self.tiny else "/tmp/wan-native-bench"))
+        scratch.mkdir(parents=True, exist_ok=True)
+        return scratch
+
     def write_weights(self) -> None:
         args = self.args
-        scratch = Path(args.scratch or ("/tmp/wan-native-bench-tiny" if self.tiny else "/tmp/wan-native-bench"))
-        scratch.mkdir(parents=True, exist_ok=True)
+        scratch = self.scratch_dir()
         shapes = original_shapes(self.config)
         select = fp8_layer_selector(shapes, args.fp8_layers)
         sizes = {"fp16": file_bytes(shapes, None), "fp8": file_bytes(shapes, select)}
@@ -756,7 +785,142 @@ class Bench:
             self.save()
 
     # ---------------------------------------------------------------------------------------
-    # 3. the pack
+    # 3. the VAE decode
+
+    def write_vae(self) -> bool:
+        """The random full-width Wan2.1 VAE file (reused where written before); False: it failed."""
+        path = self.scratch_dir() / f"random_wan_2.1_vae_seed{self.args.seed}_bf16.safetensors"
+        try:
+            if not path.is_file():
+                began = time.perf_counter()
+                partial = path.with_suffix(".partial")  # renamed when complete: a run cut short leaves none
+                save_random_vae(partial, seed=self.args.seed, base_dim=96, dtype=torch.bfloat16)
+                partial.rename(path)
+                self.vae["write_s"] = time.perf_counter() - began
+                self.log(f"wrote {path.name}: {path.stat().st_size / 1e9:.2f} GB in {self.vae['write_s']:.1f} s")
+        except Exception as error:  # noqa: BLE001
+            traceback.print_exc()
+            self.note(f"VAE file: failed: {error!r}; no VAE decode")
+            return False
+        self.vae_file = path
+        self.vae.update(file=str(path), reused="write_s" not in self.vae, latent=list(self.vae_shape),
+                        warmup_latent=list(VAE_WARM_LATENT), latent_values="randn, seed --seed + 3")
+        return True
+
+    def vae_decode_s(self) -> float:
+        """One decode's seconds for the budget, from the time of 480x832x81 by the latent's size."""
+        return VAE_DECODE_S * math.prod(self.vae_shape[2:]) / (21 * 60 * 104)
+
+    def timed_decode(self, decode: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...]
+                     ) -> tuple[torch.Tensor, float]:
+        """``decode`` of the seeded random latent of ``shape`` (the same values on both sides) and its
+        wall time."""
+        latent = torch.randn(shape, generator=torch.Generator().manual_seed(self.args.seed + 3))
+        self.sync()
+        began = time.perf_counter()
+        frames = decode(latent)
+        self.sync()
+        return frames, time.perf_counter() - began
+
+    def vae_record(self, row: dict) -> None:
+        self.vae["rows"][row["side"]] = row
+        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
+        self.log(f"VAE decode, {row['side']}: {json.dumps(shown, default=str)}")
+
+    def vae_native(self) -> None:
+        """ComfyUI's VAELoader + VAEDecode, called as its executor runs nodes (under inference mode)."""
+        if not self.fits(VAE_LOAD_S + 2 * self.vae_decode_s(), "native VAE decode"):
+            return
+        vae = None
+        try:
+            c = self.import_comfy()
+            import folder_paths  # ComfyUI's, imported with it
+
+            folder_paths.add_model_folder_path("vae", str(self.vae_file.parent), is_default=True)
+            self.collector.take()
+            self.log("native VAE decode: VAELoader + VAEDecode")
+            decoder = c["nodes"].VAEDecode()
+            with torch.inference_mode():
+                began = time.perf_counter()
+                vae = c["nodes"].VAELoader().load_vae(self.vae_file.name)[0]
+                load_s = time.perf_counter() - began
+                _, warm_s = self.timed_decode(lambda z: decoder.decode(vae, {"samples": z})[0], VAE_WARM_LATENT)
+                self.reset_peak()
+                frames, seconds = self.timed_decode(lambda z: decoder.decode(vae, {"samples": z})[0],
+                                                    self.vae_shape)
+            self.vae_frames = frames.float().cpu()
+            self.vae_record({"side": "native", "label": "ComfyUI VAELoader + VAEDecode", "load_s": load_s,
+                             "warmup_s": warm_s, "decode_s": seconds, "peak_mem_gib": self.peak_gib(),
+                             "dtype": str(vae.vae_dtype), "frames": list(frames.shape),
+                             "comfy_log": self.collector.take()[:10]})
+        except Exception as error:  # noqa: BLE001
+            traceback.print_exc()
+            self.note(f"native VAE decode: failed: {error!r}")
+        finally:
+            vae = None
+            if self.comfy is not None:
+                self.comfy["mm"].unload_all_models()  # the VAE (under 1 GiB: free_native would keep it)
+                self.free_native()
+            self.save()
+
+    def vae_pack(self) -> None:
+        """The pack's decode with the node's defaults: a group's decode request, or in this process the
+        workers' own request handler (``GroupVae.serve``: the same tiling choice, timing, peak and
+        fp16 frames, without the channel)."""
+        from accel.model.vae import GroupVae
+        from accel.parallel.group import WorkerGroup
+
+        in_workers = self.args.pack_in == "workers"
+        if not self.fits((GROUP_START_S if in_workers else 0.0) + VAE_LOAD_S + 2 * self.vae_decode_s(),
+                         "the pack's VAE decode"):
+            return
+        group = served = None
+        try:
+            self.log(f"pack VAE decode ({'worker group' if in_workers else 'in process'})")
+            row: dict = {"side": "pack", "pack_in": self.args.pack_in}
+            if in_workers:
+                began = time.perf_counter()
+                # The tiny random experts: the group the decode runs in; its VAE does not depend on them.
+                group = WorkerGroup(ModelSpec(source="tiny-random"), one_gpu_layout(self.device)).start()
+                row.update(label="pack Wan VAE Decode (worker group of one rank)",
+                           group_start_s=time.perf_counter() - began)
+
+                def decode(latent: torch.Tensor) -> tuple[torch.Tensor, dict]:
+                    return group.decode(latent, self.vae_file, "auto"), group.last_vae_info
+            else:
+                served = GroupVae(self.device)
+                row["label"] = "pack GroupVae decode (this process)"
+
+                def decode(latent: torch.Tensor) -> tuple[torch.Tensor, dict]:
+                    _, info, tensors = served.serve("decode", {"vae_path": str(self.vae_file), "tiling": "auto"},
+                                                    {"latent": latent})
+                    return tensors["frames"].float(), info
+
+            (_, warm), warm_s = self.timed_decode(decode, VAE_WARM_LATENT)
+            (frames, info), seconds = self.timed_decode(decode, self.vae_shape)
+            row.update(load_s=warm["load_s"], warmup_s=warm_s, decode_s=seconds, worker_decode_s=info["seconds"],
+                       peak_mem_gib=info["peak_mem_gb_rank0"], dtype=info["dtype"], tiles=info["tiles"],
+                       tiling=info["tiling"], frames=list(frames.shape))
+            if self.vae_frames is not None:
+                if frames.shape == self.vae_frames.shape:
+                    row["psnr_db_vs_native"] = psnr(frames, self.vae_frames)
+                    row["max_abs_diff_vs_native"] = float((frames - self.vae_frames).abs().max())
+                else:
+                    self.note(f"pack VAE decode: frames {list(frames.shape)}, native's "
+                              f"{list(self.vae_frames.shape)}: not compared")
+            self.vae_record(row)
+        except Exception as error:  # noqa: BLE001
+            traceback.print_exc()
+            self.note(f"pack VAE decode: failed: {error!r}")
+        finally:
+            if group is not None:
+                group.close()
+            served = self.vae_frames = None  # the in-process VAE too, before free_pack empties the cache
+            self.free_pack()
+            self.save()
+
+    # ---------------------------------------------------------------------------------------
+    # 4. the pack
 
     def pack_job(self, path: SamplingPath, preset: str | None = None) -> Job:
         chosen = load_preset(preset) if preset else None
@@ -888,7 +1052,7 @@ class Bench:
                 self.note(f"pack: {self.allocated_gib():.1f} GiB still allocated after freeing a runtime")
 
     # ---------------------------------------------------------------------------------------
-    # 4. forwards and attention
+    # 5. forwards and attention
 
     def timed(self, fn, repeats: int, warmup: int = 1) -> float:
         with torch.no_grad():
@@ -1068,8 +1232,14 @@ class Bench:
         out["lowprec_attention_rel_error"] = self.attention.get("rel_error_vs_sdpa")
         if out["lowprec_attention_rel_error"] is None:
             self.reasons.setdefault("lowprec_attention_rel_error", "no low-precision attention kernel measured")
-        out["vae_decode_vs_native"] = None
-        self.reasons["vae_decode_vs_native"] = "not measured here: the pack's VAE decode node is separate work"
+        native_vae, pack_vae = (self.vae["rows"].get(side) for side in ("native", "pack"))
+        out["vae_decode_vs_native"] = native_vae["decode_s"] / pack_vae["decode_s"] if native_vae and pack_vae else None
+        out["vae_decode_psnr_db"] = pack_vae.get("psnr_db_vs_native") if pack_vae else None
+        if out["vae_decode_vs_native"] is None:
+            a = self.args
+            skipped = "--skip-vae" if a.skip_vae else "--skip-native / --skip-pack" if a.skip_native or a.skip_pack \
+                else "the native or the pack's VAE decode did not finish (see the notes)"
+            self.reasons.setdefault("vae_decode_vs_native", skipped)
         return out
 
     def save(self) -> None:
@@ -1097,7 +1267,7 @@ class Bench:
                          "model": "tiny Wan (text_dim 4096, dim 256, 2 layers)" if self.tiny else
                          "Wan2.2-A14B, random weights", "conditioning": f"randn [1, {TEXT_TOKENS}, text_dim]"},
             "weights": self.weights, "rows": self.rows, "first_job": self.first_job, "forward_s": self.forward,
-            "attention": self.attention,
+            "attention": self.attention, "vae_decode": self.vae,
         }
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
@@ -1145,6 +1315,24 @@ class Bench:
             for label, by_tokens in self.forward.items():
                 for tokens, seconds in by_tokens.items():
                     lines.append(f"| {label} | {tokens} | {seconds:.3f} |")
+        if self.vae["rows"]:
+            native_vae = self.vae["rows"].get("native")
+            header = ["side", "configuration", "dtype", "load s", "warm-up s", "decode s", "worker s",
+                      "native / this", "peak GiB", "tiles", "PSNR dB vs native"]
+            lines += ["", (f"VAE decode: a random full-width Wan2.1 VAE (bf16 file), the same seeded randn latent "
+                           f"{self.vae['latent']} on both sides, after an untimed decode of "
+                           f"{self.vae['warmup_latent']}; load s: native's VAELoader (ComfyUI moves the weights to the "
+                           "device in the warm-up), the pack's load onto the device; decode s: the call's wall time, "
+                           "frames on the host (worker s: the decode in the worker); peak: the allocator's peak over "
+                           "the decode:"), "",
+                      "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for row in self.vae["rows"].values():
+                ratio = native_vae["decode_s"] / row["decode_s"] if native_vae else None
+                lines.append("| " + " | ".join([row["side"], row["label"], row["dtype"], num(row["load_s"], 2),
+                                                  num(row["warmup_s"], 2), num(row["decode_s"], 2),
+                                                  num(row.get("worker_decode_s"), 2), num(ratio, 2),
+                                                  num(row["peak_mem_gib"], 2), num(row.get("tiles")),
+                                                  num(row.get("psnr_db_vs_native"), 1)]) + " |")
         keys = ("lightning_vs_native_best", "template_vs_native_fp8", "forward_32k_exact_s", "forward_32k_lowprec_s",
                 "lowprec_attention_rel_error", "vae_decode_vs_native")
         lines += ["", "| key | value |", "|---|---|"]
@@ -1166,12 +1354,17 @@ class Bench:
             self.note(f"weights: failed: {error!r}; nothing else can run")
             self.save()
             return
+        vae = not a.skip_vae and self.write_vae()
         self.save()
         if not a.skip_native:
             for name in [n for n in a.native_configs.split(",") if n]:
                 self.native_config(name)
-            if self.comfy is not None:  # ComfyUI's directories (its nodes.py adds comfy/) out of later imports
-                sys.path[:] = [p for p in sys.path if not p.startswith(self.comfy["dir"])]
+            if vae:
+                self.vae_native()
+        if self.comfy is not None:  # ComfyUI's directories (its nodes.py adds comfy/) out of later imports
+            sys.path[:] = [p for p in sys.path if not p.startswith(self.comfy["dir"])]
+        if vae and not a.skip_pack:
+            self.vae_pack()
         if not a.skip_pack:
             for name in [n for n in a.pack_configs.split(",") if n]:
                 self.pack_config(name)
@@ -1179,6 +1372,8 @@ class Bench:
             for pair in self.files.values():
                 for path in set(pair or ()):
                     path.unlink(missing_ok=True)
+            if self.vae_file is not None:
+                self.vae_file.unlink(missing_ok=True)
             self.notes.append("weights deleted after the run (--delete-weights)")
         self.save()
 
@@ -1189,6 +1384,7 @@ def main() -> int:
     parser.add_argument("--paths", default="lightning", help="lightning,template (the template path is ~2 min a run)")
     parser.add_argument("--skip-native", action="store_true")
     parser.add_argument("--skip-pack", action="store_true")
+    parser.add_argument("--skip-vae", action="store_true", help="no VAE decode comparison")
     parser.add_argument("--native-configs", default="fp16,fp8_scaled,fp8_scaled_fast",
                         help=f"of {','.join(NATIVE)} (fp16_compile: about 86 s of compile, Lightning only)")
     parser.add_argument("--pack-configs", default="bf16,fp8_compile,fp8_stored", help=f"of {','.join(PACK)}")
@@ -1237,7 +1433,8 @@ def main() -> int:
     bench.run()
     summary = {k: v for k, v in json.loads(bench.out.with_suffix(".json").read_text()).items()
                if k in ("lightning_vs_native_best", "template_vs_native_fp8", "forward_32k_exact_s",
-                        "forward_32k_lowprec_s", "lowprec_attention_rel_error", "vae_decode_vs_native")}
+                        "forward_32k_lowprec_s", "lowprec_attention_rel_error", "vae_decode_vs_native",
+                        "vae_decode_psnr_db")}
     print(bench.out.with_suffix(".md").read_text(), flush=True)
     print(f"summary {json.dumps(summary)}\nwrote {bench.out.with_suffix('.json')}", flush=True)
     return 0

@@ -272,6 +272,15 @@ def test_fp8_weights_as_stored_give_resident_latents_under_every_plan(plan, fp8_
     assert isinstance(slot.get(), Float8Tensor) and same_storage(slot.get(), slot.mirror)  # between forwards
 
 
+def test_compile_is_dropped_with_a_note_under_stream_with_fp8_weights(fp8_files):
+    from accel.sampling.runtime import STREAM_FP8_COMPILE_NOTE
+
+    runtime = Runtime.load(fp8_files, engine=EngineOptions(residency="stream", compile=True))
+    assert not runtime.engine.compile and STREAM_FP8_COMPILE_NOTE in runtime.notes
+    swap = Runtime.load(fp8_files, engine=EngineOptions(residency="swap"))
+    assert STREAM_FP8_COMPILE_NOTE not in swap.notes
+
+
 def test_cache_dit_layerwise_offload_moves_float8_weights_once_installed():
     """cache-dit re-points a weight with ``parameter.data = x``: a Float8Tensor parameter keeps its
     own inner tensors then. With layerwise_float8 installed the layer computes with what cache-dit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -24,6 +25,12 @@ from .topology import LocalTopology, Topology
 
 log = logging.getLogger(__name__)
 
+# Measured on an H200 (bench/results/2026-12-01-NVIDIA-H200-memory.md): dynamo cannot trace
+# torchao's __torch_function__ on the Float8Tensor weights that cache-dit's offload hooks move
+# inside the compiled blocks, so such a job would fail in its first forward.
+STREAM_FP8_COMPILE_NOTE = ("compile is off under the 'stream' plan with FP8 weights (torch.compile cannot trace the "
+                           "streamed float8 weights yet): the blocks run eager, measured 0.99x resident FP8 eager")
+
 
 def apply_memory_fraction(device: torch.device) -> None:
     """Diagnostic: ACCEL_GPU_MEMORY_FRACTION caps this process's GPU memory (the caching
@@ -41,8 +48,6 @@ def resolve_in_process(engine: EngineOptions, spec: ModelSpec, device: torch.dev
     device's free memory and ``tokens`` (0: weights only)."""
     if engine.residency != "auto":
         return engine
-    import dataclasses
-
     need = memory.MemoryNeed.estimate(dict(memory_config(spec)), spec.dtype, quantized(engine, spec), tokens, ulysses,
                                       engine.ulysses_copy_engine and device.type == "cuda")
     budgets = {}
@@ -114,6 +119,11 @@ class Runtime:
         ulysses = _sp_degree(topology)
         engine = resolve_in_process(engine, spec, device, ulysses, tokens)
         plan = engine.residency
+        notes = []
+        if plan == "stream" and engine.compile and quantized(engine, spec):
+            engine = dataclasses.replace(engine, compile=False)
+            notes.append(STREAM_FP8_COMPILE_NOTE)
+            log.warning("%s", STREAM_FP8_COMPILE_NOTE)
         experts = _load_for(plan, spec, device)
         compiled = compile_block_ops(engine, device)
         for module in (experts.high, experts.low):  # before any hook wraps a block's forward
@@ -123,7 +133,7 @@ class Runtime:
         if parallelize is not None:
             parallelize(runtime.experts)
         set_attention_backend(runtime.experts, engine)
-        runtime.engine_notes = quantize_and_compile(runtime.experts, engine)
+        runtime.engine_notes = notes + quantize_and_compile(runtime.experts, engine)
         apply_memory_fraction(device)  # here: a random preset is built on the device before (see _load_for)
         runtime.residency = make_residency(plan, runtime.experts, device, dtype=spec.dtype, sp_degree=ulysses)
         log.info("residency plan %s on %s", plan, device)
