@@ -1,8 +1,10 @@
-"""Shared test inputs: the tiny random Wan2.2 model (2 layers, 2 heads) and a small job for it."""
+"""Shared test inputs: the tiny random Wan2.2 model (2 layers, 2 heads), a small job for it, its experts as
+single files (fp8_scaled too), and PSNR for decoded frames."""
 
 from __future__ import annotations
 
 import importlib
+import math
 
 import torch
 
@@ -23,6 +25,12 @@ def tiny_job(settings: JobSettings | None = None, latent_hw: tuple[int, int] = (
         latent=torch.zeros(1, 16, frames, *latent_hw),
         settings=settings or JobSettings(sampler=SamplerSettings(steps=12)),
     )
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio (dB) of frames in [0, 1], in float64."""
+    mse = torch.mean((a.double() - b.double()) ** 2).item()
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def sub(pack, module: str):

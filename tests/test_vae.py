@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import sub
+from helpers import psnr, sub
 from safetensors.torch import save_file
 
 from accel.errors import UserInputError
@@ -29,11 +28,6 @@ TINY = ModelSpec(source="tiny-random", dtype="fp32")
 LATENT_SHAPE = (1, 16, 2, 8, 8)  # 5 frames of 64x64
 SMALL_TILES = (48, 32)  # pixels: 2x2 tiles of <= 6x6 latent pixels over an 8x8 latent (the default is 256/192)
 FP16_STEP = 2.0 ** -11  # the frames travel in fp16: values in 0..1 round by at most half of this
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def latent(seed: int = 0, shape=LATENT_SHAPE) -> torch.Tensor:

@@ -43,6 +43,8 @@ at most that fraction of each GPU's total.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -52,7 +54,9 @@ from typing import Any
 import torch
 
 from ..errors import UserInputError
-from .settings import RESIDENCY_PLANS
+from .settings import RESIDENCY_PLANS, EngineOptions, ModelSpec
+
+log = logging.getLogger(__name__)
 
 GIB = 2**30
 MEMORY_FRACTION_ENV = "ACCEL_GPU_MEMORY_FRACTION"
@@ -223,6 +227,21 @@ def choose_plan(requested: str, need: MemoryNeed, budgets: Mapping[str, int]) ->
         f"{least / GIB:.1f} GiB free, more GPUs in the Ulysses group (the activations split across them), or "
         "fewer frames / a smaller size"
     )
+
+
+def weights_quantized(engine: EngineOptions, spec: ModelSpec) -> bool:
+    """The blocks' Linear weights at one byte: quantized by the engine, or an fp8_scaled file used as stored."""
+    return engine.quantize is not None or spec.fp8_scaled == "as_stored"
+
+
+def resolve_plan(engine: EngineOptions, spec: ModelSpec, config: Mapping[str, Any], tokens: int, ulysses: int,
+                 copy_engine: bool, budgets: Mapping[str, int]) -> EngineOptions:
+    """``engine`` with its plan chosen (``choose_plan``) for ``tokens`` on GPUs of ``budgets``, and the
+    reason, which the decision table shows; an estimate over a forced plan's budget is a warning."""
+    need = MemoryNeed.estimate(config, spec.dtype, weights_quantized(engine, spec), tokens, ulysses, copy_engine)
+    choice = choose_plan(engine.residency, need, budgets)
+    (log.info if choice.fits else log.warning)("%s", choice.reason())
+    return dataclasses.replace(engine, residency=choice.plan, residency_reason=choice.reason())
 
 
 def usable_bytes(devices: Sequence[int], environ: Mapping[str, str] = os.environ) -> dict[str, int]:

@@ -343,8 +343,9 @@ class SwapResidency(Residency):
         if not order:
             return
         first, later = order[0], order[1:]
+        activations = self._activations(tokens)
         if self.states[first].where == "host":
-            if not self._fits(first, self._activations(tokens)):  # the job's activations too
+            if not self._fits(first, activations):  # room for the job's activations too
                 for other in EXPERTS:
                     if other != first:
                         self.offload(other)
@@ -352,7 +353,7 @@ class SwapResidency(Residency):
         self._ready(first)
         self.running = first
         for expert in later:  # under the first expert's steps, if the GPU holds both and the activations
-            if self.states[expert].where == "host" and self._fits(expert, self._activations(tokens)):
+            if self.states[expert].where == "host" and self._fits(expert, activations):
                 self.onload(expert, "prefetch")
 
     def switch_to(self, expert: str) -> None:

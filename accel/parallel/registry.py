@@ -7,7 +7,6 @@ layout reuses it (weights stay loaded), a different one replaces it. It is shut 
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
@@ -26,15 +25,12 @@ def resolve_residency(spec: ModelSpec, layout: ParallelLayout, engine: EngineOpt
                       latent_shape: Sequence[int] | None, budgets: dict[str, int]) -> EngineOptions:
     """The plan for "auto" (the fastest whose estimated peak fits the smallest GPU budget), or the
     forced one; a prompt that fits no plan is a UserInputError here, before any weights move."""
-    quantized = engine.quantize is not None or spec.fp8_scaled == "as_stored"
     if engine.residency != "auto" and not budgets:
         return engine
     config = model_config_for(spec)
     tokens = memory.job_tokens(latent_shape, config["patch_size"]) if latent_shape is not None else 0
-    need = memory.MemoryNeed.estimate(config, spec.dtype, quantized, tokens, layout.ulysses, engine.ulysses_copy_engine and layout.devices is not None)
-    choice = memory.choose_plan(engine.residency, need, budgets)
-    (log.warning if not choice.fits else log.info)("%s", choice.reason())
-    return dataclasses.replace(engine, residency=choice.plan, residency_reason=choice.reason())
+    return memory.resolve_plan(engine, spec, config, tokens, layout.ulysses,
+                               engine.ulysses_copy_engine and layout.devices is not None, budgets)
 
 
 class WorkerGroupRegistry:

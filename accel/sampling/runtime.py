@@ -17,6 +17,7 @@ from ..model.engine import (
     set_attention_backend,
 )
 from ..model.engine_check import check_engine
+from ..model.files import model_config_for
 from ..model.fused_block import fuse_block_ops
 from ..model.loading import DualExperts, load_experts
 from ..model.lora_patching import LoraPatcher
@@ -48,26 +49,10 @@ def resolve_in_process(engine: EngineOptions, spec: ModelSpec, device: torch.dev
     device's free memory and ``tokens`` (0: weights only)."""
     if engine.residency != "auto":
         return engine
-    need = memory.MemoryNeed.estimate(dict(memory_config(spec)), spec.dtype, quantized(engine, spec), tokens, ulysses,
-                                      engine.ulysses_copy_engine and device.type == "cuda")
-    budgets = {}
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        fraction = memory.memory_fraction()
-        budgets[str(device)] = min(free, int(fraction * total)) if fraction is not None else free
-    choice = memory.choose_plan("auto", need, budgets)
-    log.info("%s", choice.reason())
-    return dataclasses.replace(engine, residency=choice.plan, residency_reason=choice.reason())
-
-
-def memory_config(spec: ModelSpec) -> dict:
-    from ..model.files import model_config_for
-
-    return model_config_for(spec)
-
-
-def quantized(engine: EngineOptions, spec: ModelSpec) -> bool:
-    return engine.quantize is not None or spec.fp8_scaled == "as_stored"
+    cuda = device.type == "cuda"
+    budgets = memory.usable_bytes([device.index or 0]) if cuda else {}
+    return memory.resolve_plan(engine, spec, model_config_for(spec), tokens, ulysses,
+                               engine.ulysses_copy_engine and cuda, budgets)
 
 
 class Runtime:
@@ -120,7 +105,7 @@ class Runtime:
         engine = resolve_in_process(engine, spec, device, ulysses, tokens)
         plan = engine.residency
         notes = []
-        if plan == "stream" and engine.compile and quantized(engine, spec):
+        if plan == "stream" and engine.compile and memory.weights_quantized(engine, spec):
             engine = dataclasses.replace(engine, compile=False)
             notes.append(STREAM_FP8_COMPILE_NOTE)
             log.warning("%s", STREAM_FP8_COMPILE_NOTE)

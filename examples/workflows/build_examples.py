@@ -350,11 +350,7 @@ def smoke() -> Workflow:
         smoke_conditioning(2, 1, 1, "positive (smoke test)"),
         smoke_conditioning(3, 1, 2, "negative (smoke test)"),
         Node(4, "EmptyHunyuanLatentVideo", SMOKE_LATENT),
-        Node(5, "CacheDiT_Config", {
-            "preset": "sglang-fast", "high_Fn": 1, "high_Bn": 0, "high_warmup": 4, "high_max_cached": 8,
-            "high_max_continuous": -1, "high_threshold": 0.24, "high_taylorseer": True, "high_taylorseer_order": 1,
-            "low_Fn": 1, "low_Bn": 0, "low_warmup": 2, "low_max_cached": 20, "low_max_continuous": -1,
-            "low_threshold": 0.24, "low_taylorseer": True, "low_taylorseer_order": 1}),
+        Node(5, "CacheDiT_Config", {"preset": "sglang-fast"}),  # the per-expert widgets at their defaults
         Node(6, "CacheDiT_SCMMask", {"steps": 20, "preset": "fast", "policy": "dynamic", "compute_bins": "",
                                      "cache_bins": ""}),
         sampler(7, {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent": (4, 0), "cache_config": (5, 0),
@@ -419,11 +415,7 @@ def wan22_t2v() -> Workflow:
         Node(4, "CLIPTextEncode", {"text": "blurry, low quality, static, watermark, text, deformed"},
              {"clip": (2, 0)}, title="negative prompt"),
         Node(5, "EmptyHunyuanLatentVideo", {"width": 1280, "height": 720, "length": 81, "batch_size": 1}),
-        Node(6, "CacheDiT_Config", {
-            "preset": "sglang-fast", "high_Fn": 1, "high_Bn": 0, "high_warmup": 4, "high_max_cached": 8,
-            "high_max_continuous": -1, "high_threshold": 0.24, "high_taylorseer": True, "high_taylorseer_order": 1,
-            "low_Fn": 1, "low_Bn": 0, "low_warmup": 2, "low_max_cached": 20, "low_max_continuous": -1,
-            "low_threshold": 0.24, "low_taylorseer": True, "low_taylorseer_order": 1}),
+        Node(6, "CacheDiT_Config", {"preset": "sglang-fast"}),  # the per-expert widgets at their defaults
         Node(7, "CacheDiT_SCMMask", {"steps": 40, "preset": "fast", "policy": "dynamic", "compute_bins": "",
                                      "cache_bins": ""}),
         Node(8, "CacheDiT_FP8Quantize", {"quant_type": "float8_per_row",

@@ -11,7 +11,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from comfy_server import ComfyServer, start_comfyui, stop_comfyui
 
 ROOT = Path(__file__).resolve().parents[2]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -52,75 +52,32 @@ def readme_lora_command(target: Path) -> list[str]:
     return [os.environ.get("COMFYUI_PYTHON", sys.executable), *argv[1:-1], str(target)]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+SERVER: list[ComfyServer] = []  # the server under test (workers of another ComfyUI on this machine are not ours)
 
 
-SERVER_PID: list[int] = []  # the server under test (workers of another ComfyUI on this machine are not ours)
-
-
-def worker_pids(parent: int | None = None) -> list[int]:
-    """Worker processes the server under test started (their command line carries the bootstrap's module name)."""
-    parent = parent if parent is not None else SERVER_PID[-1]
-    # -ww: without a terminal ps may cut the command line to 80 columns, before the module name
-    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
-    return [int(pid) for pid, ppid, *args in (line.split(maxsplit=2) for line in out.splitlines())
-            if int(ppid) == parent and "cachedit_parallel_core" in "".join(args)]
-
-
-def alive(pids: list[int]) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid="], capture_output=True, text=True).stdout.split()
-    return [pid for pid in pids if str(pid) in out]
+def worker_pids() -> list[int]:
+    """Worker processes the server under test started."""
+    return SERVER[-1].worker_pids()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import requests
-
     base = tmp_path_factory.mktemp("comfy")
-    # ComfyUI refuses a --user-directory that does not exist
-    for folder in ("packs", "user", "output", "input", "models/loras"):
+    for folder in ("packs", "input", "models/loras"):
         (base / folder).mkdir(parents=True)
     (base / "packs" / "comfyui-cachedit-parallel").symlink_to(ROOT)
     write_png(base / "input" / START_IMAGE)
     made = subprocess.run(readme_lora_command(base / "models" / "loras" / SMOKE_LORA), cwd=ROOT, check=False, capture_output=True,
                           timeout=120)
     assert made.returncode == 0, made.stderr
-    extra = base / "extra_model_paths.yaml"
-    extra.write_text(f"pack_under_test:\n  base_path: {base}\n  custom_nodes: packs\n  loras: models/loras\n")
-    port = free_port()
-    log = (base / "server.log").open("w")
     # --disable-smart-memory: ComfyUI then calls unload_all_models after every prompt, which must not
     # release the warm worker group (only an explicit /free does)
-    proc = subprocess.Popen(
-        [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1", "--port",
-         str(port), "--extra-model-paths-config", str(extra), "--output-directory", str(base / "output"),
-         "--user-directory", str(base / "user"), "--input-directory", str(base / "input"), "--disable-smart-memory"],
-        cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT,
-    )
-    SERVER_PID.append(proc.pid)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/object_info/CacheDiT_UlyssesParallelSampler", timeout=2).ok:
-                break
-        except requests.ConnectionError:
-            pass
-        assert proc.poll() is None, (base / "server.log").read_text()[-3000:]
-        time.sleep(0.5)
-    else:
-        pytest.fail("ComfyUI did not start: " + (base / "server.log").read_text()[-3000:])
-    yield url
-    workers = worker_pids()
-    proc.terminate()
-    proc.wait(30)
-    deadline = time.monotonic() + 10  # a worker exits within a second of its host's death
-    while alive(workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not alive(workers), "worker processes outlived the server"
+    started = start_comfyui(COMFYUI_DIR, os.environ.get("COMFYUI_PYTHON", sys.executable), base,
+                            f"pack_under_test:\n  base_path: {base}\n  custom_nodes: packs\n  loras: models/loras\n",
+                            "--input-directory", str(base / "input"), "--disable-smart-memory")
+    SERVER.append(started)
+    yield started.url
+    assert not stop_comfyui(started), "worker processes outlived the server"
 
 
 async def run_prompt(url: str, workflow: dict, *, interrupt_after_steps: int | None = None,

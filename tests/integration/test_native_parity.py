@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from comfy_server import ComfyServer, start_comfyui, stop_comfyui, workers_of
 
 ROOT = Path(__file__).resolve().parents[2]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -207,69 +207,14 @@ def write_files(models: Path) -> None:
 # Servers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclasses.dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen
-    output: Path
-    log: Path
-
-    def workers(self) -> list[tuple[int, str]]:
-        """(pid, command line) of the pack's worker processes this server started."""
-        out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
-        rows = [line.split(maxsplit=2) for line in out.splitlines()]
-        return [(int(pid), rest[0]) for pid, ppid, *rest in rows
-                if rest and int(ppid) == self.proc.pid and "cachedit_parallel_core" in rest[0]]
-
-
-def start_server(base: Path, name: str, env: dict[str, str] | None = None) -> Server:
-    import requests
-
-    home = base / name
-    for folder in ("user", "output"):  # ComfyUI refuses a --user-directory that does not exist
-        (home / folder).mkdir(parents=True)
-    extra = home / "extra_model_paths.yaml"
-    extra.write_text(f"parity:\n  base_path: {base}\n  custom_nodes: packs\n"
-                     "  diffusion_models: models/diffusion_models\n  loras: models/loras\n")
-    port = free_port()
-    log_path = home / "server.log"
-    proc = subprocess.Popen(
-        [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-         "--extra-model-paths-config", str(extra), "--output-directory", str(home / "output"),
-         "--user-directory", str(home / "user")],
-        cwd=COMFYUI_DIR, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
-        env={**{k: v for k, v in os.environ.items() if k != "CACHEDIT_WORKER_PYTHON"}, **(env or {})},
-    )
-    server = Server(f"http://127.0.0.1:{port}", proc, home / "output", log_path)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{server.url}/object_info/CacheDiT_UlyssesParallelSampler", timeout=2).ok:
-                return server
-        except requests.ConnectionError:
-            pass
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        time.sleep(0.3)
-    stop_server(server)
-    pytest.fail("ComfyUI did not start: " + log_path.read_text()[-3000:])
-
-
-def stop_server(server: Server) -> None:
-    workers = [pid for pid, _ in server.workers()]
-    server.proc.terminate()
-    server.proc.wait(30)
-    deadline = time.monotonic() + 10  # a worker exits within a second of its host's death
-    while time.monotonic() < deadline:
-        alive = subprocess.run(["ps", "-eo", "pid="], capture_output=True, text=True, check=True).stdout.split()
-        if not [pid for pid in workers if str(pid) in alive]:
-            return
-        time.sleep(0.2)
+def start_server(base: Path, name: str, env: dict[str, str] | None = None) -> ComfyServer:
+    """A server of its own under ``base / name``, reading the models and the pack from ``base``; workers
+    in ComfyUI's Python unless ``env`` names another (CACHEDIT_WORKER_PYTHON)."""
+    inherited = {k: v for k, v in os.environ.items() if k != "CACHEDIT_WORKER_PYTHON"}
+    return start_comfyui(COMFYUI_DIR, COMFYUI_PYTHON, base / name,
+                         f"parity:\n  base_path: {base}\n  custom_nodes: packs\n"
+                         "  diffusion_models: models/diffusion_models\n  loras: models/loras\n",
+                         env={**inherited, **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +230,7 @@ def parity_base(tmp_path_factory):
 def parity_server(parity_base, pytestconfig):
     server = start_server(parity_base, "default")
     yield server
-    stop_server(server)
+    stop_comfyui(server)
     print_table(pytestconfig)
 
 
@@ -295,7 +240,7 @@ def worker_python_server(parity_base):
         pytest.skip("set CACHEDIT_PARITY_WORKER_PYTHON to a Python that has the worker requirements")
     server = start_server(parity_base, "worker_python", {"CACHEDIT_WORKER_PYTHON": WORKER_PYTHON})
     yield server
-    stop_server(server)
+    stop_comfyui(server)
 
 
 def print_table(pytestconfig) -> None:
@@ -319,7 +264,7 @@ def print_table(pytestconfig) -> None:
         Path(report).write_text(json.dumps(RESULTS, indent=1))
 
 
-def run_prompt(server: Server, prompt: dict, timeout_s: float = 240.0) -> dict:
+def run_prompt(server: ComfyServer, prompt: dict, timeout_s: float = 240.0) -> dict:
     """Queue the prompt and wait for its history entry; returns the outputs by node id."""
     import requests
 
@@ -339,11 +284,11 @@ def run_prompt(server: Server, prompt: dict, timeout_s: float = 240.0) -> dict:
     pytest.fail(f"prompt {prompt_id} did not finish in {timeout_s} s; log: {server.log.read_text()[-2000:]}")
 
 
-def saved_latent(server: Server, outputs: dict, node: str) -> torch.Tensor:
+def saved_latent(server: ComfyServer, outputs: dict, node: str) -> torch.Tensor:
     from safetensors.torch import load_file
 
     entry = outputs[node]["latents"][0]
-    path = server.output / entry["subfolder"] / entry["filename"]
+    path = server.home / "output" / entry["subfolder"] / entry["filename"]
     return load_file(str(path))["latent_tensor"].double()
 
 
@@ -473,12 +418,12 @@ def parity_prompt(case: Case, tag: str) -> dict:
     return p
 
 
-def run_case(server: Server, case: Case, tag: str) -> tuple[torch.Tensor, torch.Tensor]:
+def run_case(server: ComfyServer, case: Case, tag: str) -> tuple[torch.Tensor, torch.Tensor]:
     outputs = run_prompt(server, parity_prompt(case, tag))
     return saved_latent(server, outputs, "save_pack"), saved_latent(server, outputs, "save_native")
 
 
-def first_parting_step(server: Server, case: Case, tag: str) -> str:
+def first_parting_step(server: ComfyServer, case: Case, tag: str) -> str:
     """Rerun the case with 1, 2, ... steps (the expert split at min(split, k)): the first step count at
     which the two chains part, and the errors up to there."""
     errors = []
@@ -545,7 +490,7 @@ def test_separate_worker_interpreter_gives_the_same_latent(parity_server, worker
     start = time.monotonic()
     pack, native = run_case(worker_python_server, case, "worker_python")
     wall = time.monotonic() - start
-    interpreters = {cmd.split()[0] for _, cmd in worker_python_server.workers()}
+    interpreters = {cmd.split()[0] for _, cmd in workers_of(worker_python_server.proc.pid)}
     assert interpreters == {WORKER_PYTHON}, interpreters
     default = PACK_LATENTS.get(case.id)
     if default is None:

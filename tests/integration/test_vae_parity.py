@@ -11,9 +11,7 @@ VAE (bf16, as wan_2.1_vae.safetensors is stored); the latent is small (two video
 from __future__ import annotations
 
 import json
-import math
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from comfy_server import start_comfyui, stop_comfyui
+from helpers import psnr
 
 ROOT = Path(__file__).resolve().parents[2]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -62,37 +62,15 @@ NODE_CLASS_MAPPINGS = {"VaeParityProbe": VaeParityProbe}
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def alive(pids: list[int]) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid="], capture_output=True, text=True, check=False).stdout.split()
-    return [pid for pid in pids if str(pid) in out]
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def child_pids(parent: int) -> list[int]:
-    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid="], capture_output=True, text=True, check=False).stdout
-    return [int(pid) for pid, ppid in (line.split() for line in out.splitlines()) if int(ppid) == parent]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A ComfyUI server with the pack, the probe node, the random VAE in models/vae and the latent in input/."""
-    import requests
     from safetensors.torch import save_file
 
     from accel.model.vae import save_random_vae
 
     base = tmp_path_factory.mktemp("comfy-vae")
-    for folder in ("packs/vae_parity_probe", "user", "output", "input", "models/vae"):
+    for folder in ("packs/vae_parity_probe", "input", "models/vae"):
         (base / folder).mkdir(parents=True)
     (base / "packs" / "comfyui-cachedit-parallel").symlink_to(ROOT)
     (base / "packs" / "vae_parity_probe" / "__init__.py").write_text(PROBE)
@@ -100,36 +78,11 @@ def server(tmp_path_factory):
     latent = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(11))
     # ComfyUI's LoadLatent reads the tensor as it is when the version key is present
     save_file({"latent_tensor": latent, "latent_format_version_0": torch.tensor([])}, str(base / "input" / LATENT_NAME))
-    extra = base / "extra_model_paths.yaml"
-    extra.write_text(f"vae_parity:\n  base_path: {base}\n  custom_nodes: packs\n  vae: models/vae\n")
-    port = free_port()
-    log_path = base / "server.log"
-    proc = subprocess.Popen(
-        [PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--extra-model-paths-config",
-         str(extra), "--output-directory", str(base / "output"), "--user-directory", str(base / "user"),
-         "--input-directory", str(base / "input")],
-        cwd=COMFYUI_DIR, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/object_info/CacheDiT_WanVAEDecode", timeout=2).json():
-                break
-        except (requests.ConnectionError, ValueError):
-            pass
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        time.sleep(0.5)
-    else:
-        pytest.fail("ComfyUI did not start with the pack's decode node: " + log_path.read_text()[-3000:])
-    yield SimpleServer(url, base, latent, log_path)
-    workers = child_pids(proc.pid)
-    proc.terminate()
-    proc.wait(30)
-    deadline = time.monotonic() + 10  # a worker exits within a second of its host's death
-    while alive(workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not alive(workers), "worker processes outlived the server"
+    started = start_comfyui(COMFYUI_DIR, PYTHON, base,
+                            f"vae_parity:\n  base_path: {base}\n  custom_nodes: packs\n  vae: models/vae\n",
+                            "--input-directory", str(base / "input"), node="CacheDiT_WanVAEDecode")
+    yield SimpleServer(started.url, base, latent, started.log)
+    assert not stop_comfyui(started), "worker processes outlived the server"
 
 
 class SimpleServer:
