@@ -354,7 +354,77 @@ def sage_precision() -> str:
     return "int8 QK, fp16 PV (Triton)" if version and version.startswith("1.") else "int8 QK (auto)"
 
 
-def package_kernels(flex_compiled: bool) -> list[Kernel]:
+def cudnn_fp8(ctx: Context):
+    """cuDNN's FP8 attention through its Python frontend (PyPI nvidia-cudnn-frontend): q, k, v, the
+    probabilities and, on Hopper, the output in e4m3 with one scale per tensor (the output's from
+    max |v|, which bounds it); the output is scaled back to bf16."""
+    need_cuda(ctx)
+    need_module("cudnn", "nvidia-cudnn-frontend")
+    import cudnn
+
+    q, k, v = ctx.sample
+    fp8 = torch.float8_e4m3fn
+    views = [torch.empty(q.shape, dtype=fp8, device=ctx.device).transpose(1, 2) for _ in range(4)]  # q k v o
+    scalars = {name: torch.ones(1, 1, 1, 1, dtype=torch.float32, device=ctx.device)
+               for name in ("dq", "dk", "dv", "ds", "ss", "so", "amax_s", "amax_o")}
+    graph = cudnn.pygraph(io_data_type=cudnn.data_type.FP8_E4M3, intermediate_data_type=cudnn.data_type.FLOAT,
+                          compute_data_type=cudnn.data_type.FLOAT)
+    tq, tk, tv = (graph.tensor_like(t).set_data_type(cudnn.data_type.FP8_E4M3) for t in views[:3])
+    ts = {name: graph.tensor_like(scalars[name]) for name in ("dq", "dk", "dv", "ds", "ss", "so")}
+    try:
+        to, _, amax_s, amax_o = graph.sdpa_fp8(q=tq, k=tk, v=tv, descale_q=ts["dq"], descale_k=ts["dk"],
+                                               descale_v=ts["dv"], descale_s=ts["ds"], scale_s=ts["ss"],
+                                               scale_o=ts["so"], is_inference=True, attn_scale=ctx.dim ** -0.5)
+        to.set_output(True).set_dim(views[3].size()).set_stride(views[3].stride()).set_data_type(
+            cudnn.data_type.FP8_E4M3)
+        for amax in (amax_s, amax_o):
+            amax.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
+        graph.validate()
+        graph.build_operation_graph()
+        graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+        graph.check_support()
+        graph.build_plans()
+    except Exception as error:
+        raise Unavailable(f"cuDNN {cudnn.backend_version()} refuses the FP8 graph: {reason_of(error)}") from error
+    workspace = torch.empty(graph.get_workspace_size(), dtype=torch.uint8, device=ctx.device)
+    pack = {tq: views[0], tk: views[1], tv: views[2], to: views[3], amax_s: scalars["amax_s"],
+            amax_o: scalars["amax_o"], **{ts[name]: scalars[name] for name in ts}}
+    scalars["ds"].fill_(1 / 448)
+    scalars["ss"].fill_(448)
+
+    def run(q, k, v):
+        amaxes = [t.abs().amax().float().clamp_min(1e-12) for t in (q, k, v)]
+        for view, source, amax in zip(views[:3], (q, k, v), amaxes):
+            view.copy_((source.float() * (448 / amax)).transpose(1, 2))
+        for name, amax in zip(("dq", "dk", "dv"), amaxes):
+            scalars[name].copy_(amax / 448)
+        scalars["so"].copy_(448 / amaxes[2])
+        graph.execute(pack, workspace)
+        return (views[3].float() * (amaxes[2] / 448)).to(q.dtype).transpose(1, 2)
+    return run
+
+
+def pack_quantized(pv: str, tiles):
+    def build(ctx: Context):
+        need_cuda(ctx)
+        from accel.model.quantized_attention import quantized_attention, unavailable_reason
+
+        reason = unavailable_reason(ctx.device, ctx.dim)
+        if reason:
+            raise Unavailable(reason)
+        return lambda q, k, v: quantized_attention(q, k, v, pv=pv, tiles=tiles)
+    return build
+
+
+def parse_tiles(text: str):
+    """``BMxBNxWARPSxSTAGES``, e.g. 128x128x8x3."""
+    from accel.model.quantized_attention import Tiles
+
+    block_m, block_n, warps, stages = (int(part) for part in text.split("x"))
+    return Tiles(block_m, block_n, warps, stages)
+
+
+def package_kernels(flex_compiled: bool, pack_tiles: list[str]) -> list[Kernel]:
     sage_version = package_version("sageattention")
 
     def flash_attn_4(ctx: Context):
@@ -417,6 +487,16 @@ def package_kernels(flex_compiled: bool) -> list[Kernel]:
     ]
     if flex_compiled:
         kernels.append(Kernel("torch.compile(flex_attention)", "flex-compiled", "bf16", flex))
+    kernels.append(Kernel("cudnn-frontend sdpa_fp8", "cudnn-fp8", "fp8 e4m3 q, k, v, p, o (per tensor)", cudnn_fp8))
+    from accel.model.quantized_attention import DEFAULT_TILES
+
+    for text in pack_tiles:
+        tiles = parse_tiles(text)
+        for key, pv, precision in (("int8_fp8", "fp8", "int8 QK, fp8 PV (Triton)"),
+                                   ("int8", "16bit", "int8 QK, bf16 PV (Triton)")):
+            default = tiles == DEFAULT_TILES[pv]  # what the pack's attention_backend key runs
+            kernels.append(Kernel(f"pack:{key}" + ("" if default else f" [{text}]"), f"pack-{key}-{text}", precision,
+                                  pack_quantized(pv, tiles), pack_key=key if default else None))
     return kernels
 
 
@@ -813,6 +893,9 @@ def main() -> int:
                         help="size of the per-rank section (the nearest of --tokens when it is not among them)")
     parser.add_argument("--kernels", nargs="*", default=None, help="only kernels whose name contains one of these")
     parser.add_argument("--flex-compiled", action="store_true", help="also time torch.compile(flex_attention)")
+    parser.add_argument("--pack-tiles", nargs="+", default=["64x128x4x3", "128x64x4x3"],
+                        help="tiles of the pack's quantized kernels, BMxBNxWARPSxSTAGES (accel/model/"
+                             "quantized_attention.py DEFAULT_TILES: the pack's)")
     parser.add_argument("--scale", type=float, default=1.0, help="std of the randn inputs")
     parser.add_argument("--gain", type=float, default=1.5, help="the rmsnorm inputs' norm weight scale")
     parser.add_argument("--seed", type=int, default=0)
@@ -838,7 +921,7 @@ def main() -> int:
         pack_keys = {}
     diffusers_rows, diffusers_listing = diffusers_kernels()
     cache_dit_rows, cache_dit_listing = cache_dit_kernels(pack_keys)
-    kernels = sdpa_kernels() + diffusers_rows + cache_dit_rows + package_kernels(args.flex_compiled)
+    kernels = sdpa_kernels() + diffusers_rows + cache_dit_rows + package_kernels(args.flex_compiled, args.pack_tiles)
     if args.kernels:
         kernels = [kernels[0]] + [k for k in kernels[1:] if any(word in k.name for word in args.kernels)]
     pack_routes = {k.kernel_id: k.pack_key for k in cache_dit_rows if k.pack_key}

@@ -3,9 +3,10 @@
     python bench/channel.py            # CPU only; writes bench/results/<date>-<cpu>-channel.{json,md}
 
 81 frames of 480x832 in fp16 (194 MB, what the Wan VAE Decode node returns for 480x832x81) sent
-by accel.parallel.channel over loopback TCP, the receive timed until the tensor is whole (median of
-3), against the same tensor serialised with safetensors through the same kind of connection (what
-the channel did before: save, send, receive, load).
+by accel.parallel.channel, the receive timed until the tensor is whole (median of 3): through a
+/dev/shm file (what the channel does for large tensors where /dev/shm has room), as raw bytes over
+loopback TCP (its fallback), and serialised with safetensors through the same kind of connection
+(what the channel did before: save, send, receive, load).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch  # noqa: E402
 from safetensors.torch import load as load_tensors  # noqa: E402
 from safetensors.torch import save as save_tensors  # noqa: E402
 
+from accel.parallel import channel  # noqa: E402
 from accel.parallel.channel import Message, connect, listen, receive, send  # noqa: E402
 from bench.common import device_name, markdown_table, write_results  # noqa: E402
 
@@ -56,17 +58,27 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     frames = torch.rand(FRAMES, generator=torch.Generator().manual_seed(0)).half()
-    ways = {
-        "channel (raw bytes after a JSON header)": (
-            lambda conn: send(conn, Message("frames", {}, {"frames": frames})), receive),
+    def socket_only(conn) -> None:
+        threshold, channel.SHARED_MIN_BYTES = channel.SHARED_MIN_BYTES, frames.nbytes + 1
+        try:
+            send(conn, Message("frames", {}, {"frames": frames}))
+        finally:
+            channel.SHARED_MIN_BYTES = threshold
+
+    ways = {}
+    if channel._shared_room(frames.nbytes):
+        ways["channel, through a /dev/shm file"] = (lambda conn: send(conn, Message("frames", {}, {"frames": frames})),
+                                                    receive)
+    ways.update({
+        "channel, raw bytes over the socket": (socket_only, receive),
         "safetensors serialised (the channel before)": (
             lambda conn: conn.send_bytes(save_tensors({"frames": frames})),
             lambda conn: load_tensors(conn.recv_bytes())),
-    }
+    })
     seconds = {name: statistics.median(timed_receive(*fns) for _ in range(args.repeats)) for name, fns in ways.items()}
     megabytes = frames.numel() * frames.element_size() / 1e6
     rows = [[name, value, megabytes / 1e3 / value] for name, value in seconds.items()]
-    table = (f"# Channel: {megabytes:.0f} MB of fp16 frames {list(FRAMES)}, host <-> rank 0 over loopback TCP, "
+    table = (f"# Channel: {megabytes:.0f} MB of fp16 frames {list(FRAMES)}, host <-> rank 0, "
              f"{device_name()}, median of {args.repeats}\n\n"
              + markdown_table(["way", "s until received", "GB/s"], rows))
     cpu = device_name().replace(" ", "-").replace("(", "").replace(")", "")

@@ -90,6 +90,7 @@ from accel.job.job import Job  # noqa: E402
 from accel.job.presets import load_preset  # noqa: E402
 from accel.job.settings import (  # noqa: E402
     ATTENTION_BACKENDS,
+    QUANTIZED_ATTENTION,
     EngineOptions,
     JobSettings,
     ModelSpec,
@@ -203,7 +204,14 @@ PACK = {
                               EngineOptions(quantize=QuantSettings("float8_per_row"), compile=True), forward_s=2.2),
     "fp8_stored": PackConfig("pack fp8_scaled as stored + compile", "fp8", EngineOptions(compile=True),
                              as_stored=True, forward_s=2.2),
+    "fp8_stored_int8": PackConfig("pack fp8_scaled as stored + compile + int8 attention", "fp8",
+                                  EngineOptions(compile=True, attention_backend="int8"), as_stored=True,
+                                  forward_s=2.0),
+    "fp8_stored_int8_fp8": PackConfig("pack fp8_scaled as stored + compile + int8_fp8 attention", "fp8",
+                                      EngineOptions(compile=True, attention_backend="int8_fp8"), as_stored=True,
+                                      forward_s=1.8),
 }
+LOWPREC_CONFIGS = ("fp8_stored_int8_fp8", "fp8_stored_int8")  # FP8 linears + quantized attention, fastest first
 COMPILE_WARMUP_S = 150.0  # a cold-cache compile of the block graph (first job), for the budget
 NATIVE_COMPILE_WARMUP_S = 100.0
 
@@ -1097,6 +1105,10 @@ class Bench:
                 self.note(f"forward of {label} at {tokens} tokens failed: {error!r}")
 
     def lowprec_backend(self) -> str | None:
+        from accel.model.quantized_attention import unavailable_reason
+
+        if unavailable_reason(self.device) is None:
+            return "int8_fp8"
         for name, (_, package) in ATTENTION_BACKENDS.items():
             if name in ("native", "cudnn", "flash") or package is None:
                 continue
@@ -1154,24 +1166,35 @@ class Bench:
             self.reasons["forward_32k_lowprec_s"] = f"{backend}: failed: {error!r}"[:300]
 
     def attention_error(self, backend: str) -> None:
+        """The low-precision kernel against SDPA at 32,760 tokens on random N(0, 1) q, k, v in the
+        [B, H, S, D] layout (bench/attention_kernels.py has Wan-like inputs and every size)."""
         import torch.nn.functional as F
 
-        if backend != "sage":
+        if backend == "sage":
+            from sageattention import sageattn
+
+            def low(q, k, v):
+                return sageattn(q, k, v, tensor_layout="HND", is_causal=False)
+        elif backend in QUANTIZED_ATTENTION:
+            from accel.model.quantized_attention import quantized_attention
+
+            def low(q, k, v):
+                pv = QUANTIZED_ATTENTION[backend]
+                return quantized_attention(*(t.transpose(1, 2) for t in (q, k, v)), pv=pv).transpose(1, 2)
+        else:
             self.reasons["lowprec_attention_rel_error"] = f"no kernel-level check written for backend {backend!r}"
             return
-        from sageattention import sageattn
-
         heads, head_dim = self.config["num_attention_heads"], self.config["attention_head_dim"]
         generator = torch.Generator(self.device).manual_seed(0)
         q, k, v = (torch.randn(1, heads, 32760, head_dim, generator=generator, device=self.device,
                                dtype=torch.bfloat16) for _ in range(3))
         reference = F.scaled_dot_product_attention(q, k, v)
-        out = sageattn(q, k, v, tensor_layout="HND", is_causal=False)
+        out = low(q, k, v)
         self.attention = {
             "backend": backend, "shape": [1, heads, 32760, head_dim],
             "rel_error_vs_sdpa": relative_error(out, reference),
             "sdpa_ms": 1e3 * self.timed(lambda: F.scaled_dot_product_attention(q, k, v), 5),
-            "lowprec_ms": 1e3 * self.timed(lambda: sageattn(q, k, v, tensor_layout="HND", is_causal=False), 5),
+            "lowprec_ms": 1e3 * self.timed(lambda: low(q, k, v), 5),
             "inputs": "random N(0,1) q, k, v",
         }
         self.log(f"attention {backend}: {self.attention}")
@@ -1192,6 +1215,18 @@ class Bench:
             native = f"native fp16 | {row['path']}"
             if native in self.latents and native != key:
                 row["rel_err_vs_native_fp16"] = relative_error(latent, self.latents[native])
+
+    def per_step(self, key: str, name: str) -> float | None:
+        """A forward's seconds from a Lightning run in the worker group (cfg 1: one forward per
+        step), where no forward was timed on its own; the run's size must be 32,760 tokens."""
+        row = self.rows.get(key)
+        if row is None or not row["finite"] or self.tokens != 32760:
+            return None
+        note = (f"{name}: the Lightning run's seconds per step ({key}: cfg 1, one forward per step, in the worker "
+                "group, including the step's scheduler work)")
+        if note not in self.notes:  # the summary is written after each stage
+            self.notes.append(note)
+        return row["s_per_step"]
 
     def best(self, side: str, path: str) -> tuple[str, dict] | None:
         rows = [(k, r) for k, r in self.rows.items() if r["side"] == side and r["path"] == path and r["finite"]]
@@ -1217,12 +1252,17 @@ class Bench:
             self.reasons.setdefault("template_vs_native_fp8",
                                     "template path not run (--paths) or its native fp8_scaled / pack run missing")
         exact = self.forward.get("pack bf16, exact attention", {}).get("32760")
+        if exact is None:
+            exact = self.per_step("pack bf16 | lightning", "forward_32k_exact_s")
         out["forward_32k_exact_s"] = exact
         if exact is None:
             self.reasons.setdefault("forward_32k_exact_s", "the pack's bf16 forward at 32,760 tokens was not run"
                                     + (" (CPU dry run)" if self.tiny else ""))
         lowprec = next((v.get("32760") for k, v in self.forward.items() if k.endswith(" attention")
                         and "exact" not in k), None)
+        for name in LOWPREC_CONFIGS:
+            if lowprec is None:
+                lowprec = self.per_step(f"pack {name} | lightning", "forward_32k_lowprec_s")
         out["forward_32k_lowprec_s"] = lowprec
         if lowprec is None:
             self.reasons.setdefault("forward_32k_lowprec_s", "FP8 + low-precision attention forward not run")
@@ -1368,6 +1408,13 @@ class Bench:
         if not a.skip_pack:
             for name in [n for n in a.pack_configs.split(",") if n]:
                 self.pack_config(name)
+            lowprec = [n for n in a.pack_configs.split(",") if n in LOWPREC_CONFIGS]
+            if lowprec and "rel_error_vs_sdpa" not in self.attention and self.device.type == "cuda":
+                try:
+                    self.attention_error(PACK[lowprec[0]].engine.attention_backend)
+                except Exception as error:  # noqa: BLE001
+                    traceback.print_exc()
+                    self.reasons["lowprec_attention_rel_error"] = f"failed: {error!r}"[:300]
         if a.delete_weights:
             for pair in self.files.values():
                 for path in set(pair or ()):

@@ -4,6 +4,7 @@ bytes after a JSON header, never unpickled), and a header naming another dtype i
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import pytest
@@ -55,3 +56,36 @@ def test_a_header_with_another_dtype_is_refused():
     header = {"kind": "x", "payload": {}, "tensors": [{"name": "t", "dtype": "complex64", "shape": [2]}]}
     with pytest.raises(ValueError, match="unknown dtype 'complex64'"):
         round_trip(Message("x"), raw_header=json.dumps(header).encode())
+
+
+def test_large_tensors_pass_through_shared_memory_and_leave_no_file(monkeypatch):
+    from accel.parallel import channel
+
+    if not channel._shared_room(64 << 20):
+        pytest.skip("no room in /dev/shm here")
+    monkeypatch.setattr(channel, "SHARED_MIN_BYTES", 1 << 20)
+    frames = torch.rand(12, 64, 96, 3, generator=torch.Generator().manual_seed(1)).half()  # 442 KB: socket
+    latent = torch.randn(1, 16, 9, 64, 64, generator=torch.Generator().manual_seed(2))  # 2.4 MB: shared
+    before = set(channel.SHARED_MEMORY.glob(f"{channel.SHARED_PREFIX}*"))
+    got = round_trip(Message("frames", {}, {"frames": frames, "latent": latent}))
+    assert torch.equal(got.tensors["frames"], frames) and torch.equal(got.tensors["latent"], latent)
+    assert set(channel.SHARED_MEMORY.glob(f"{channel.SHARED_PREFIX}*")) == before
+    got.tensors["latent"].add_(1)  # the mapping is the receiver's own (copy on write)
+
+
+def test_a_shared_file_name_outside_the_channels_own_is_refused(tmp_path):
+    header = {"kind": "x", "payload": {}, "tensors": [
+        {"name": "t", "dtype": "float32", "shape": [2], "shared": "../../etc/passwd"}]}
+    with pytest.raises(ValueError, match="not a file name this channel writes"):
+        round_trip(Message("x"), raw_header=json.dumps(header).encode())
+
+
+def test_files_a_dead_sender_left_are_removed():
+    from accel.parallel import channel
+
+    if not channel._shared_room(1 << 20):
+        pytest.skip("no room in /dev/shm here")
+    name = channel._write_shared(torch.ones(4))
+    assert (channel.SHARED_MEMORY / name).exists()
+    channel.remove_shared_files([os.getpid()])
+    assert not (channel.SHARED_MEMORY / name).exists()

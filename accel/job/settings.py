@@ -43,7 +43,12 @@ ATTENTION_BACKENDS = {
     "cudnn": ("_sdpa_cudnn", None),
     "flash": ("flash", "flash_attn"),
     "sage": ("sage", "sageattention"),
+    "int8": ("native", None),  # the pack's quantized kernels; cache-dit's native SDPA where they cannot run
+    "int8_fp8": ("native", None),
 }
+# The pack's quantized self-attention (accel/model/quantized_attention.py): q k^T in INT8, p v in
+# 16 bit or FP8. Low precision: an explicit choice, never picked for the user.
+QUANTIZED_ATTENTION = {"int8": "16bit", "int8_fp8": "fp8"}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from typing import Callable, Protocol
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
+from .quantized_attention import quantized_attention
+
 
 class SequenceParallelAttention(Protocol):
     def __call__(self, processor: "WanSelfAttnProcessor", attn, hidden_states: torch.Tensor,
@@ -31,6 +33,14 @@ class WanSelfAttnProcessor(WanAttnProcessor):
         self.rope = rope
         self.rope_head_major = rope_head_major  # rotary written into the Ulysses send layout
         self.ulysses: SequenceParallelAttention | None = None
+        self.quantized_pv: str | None = None  # set where attention_backend is int8 / int8_fp8 and it runs
+
+    def quantized(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The quantized kernel's output where it is on, else None (the dispatcher's backend runs)."""
+        if self.quantized_pv is None or attention_mask is not None:
+            return None
+        return quantized_attention(query, key, value, self.quantized_pv)
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, rotary_emb=None) -> torch.Tensor:
@@ -64,6 +74,8 @@ class WanSelfAttnProcessor(WanAttnProcessor):
         query = self.query(attn, hidden_states, rotary_emb)
         key = self.key(attn, hidden_states, rotary_emb)
         value = self.value(attn, hidden_states)
-        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                    backend=self._attention_backend, parallel_config=None)
+        out = self.quantized(query, key, value, attention_mask)
+        if out is None:
+            out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                        backend=self._attention_backend, parallel_config=None)
         return self.project_out(attn, out, query)

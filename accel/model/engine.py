@@ -10,9 +10,11 @@ import logging
 
 import torch
 
-from ..job.settings import ATTENTION_BACKENDS, EngineOptions
+from ..job.settings import ATTENTION_BACKENDS, QUANTIZED_ATTENTION, EngineOptions
 from . import engine_check
+from .attention import self_attention_processors
 from .loading import DualExperts
+from .quantized_attention import unavailable_reason
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +31,23 @@ def compile_block_ops(engine: EngineOptions, device: torch.device) -> bool:
     return True
 
 
-def set_attention_backend(experts: DualExperts, engine: EngineOptions) -> None:
+def set_attention_backend(experts: DualExperts, engine: EngineOptions, device: torch.device) -> list[str]:
+    """Returns notes for the decision table: a quantized kernel that cannot run here and why."""
     from cache_dit.attention import set_attn_backend
 
     name = ATTENTION_BACKENDS[engine.attention_backend][0]
     for module in (experts.high, experts.low):
         set_attn_backend(module, attention_backend=name)
+    pv = QUANTIZED_ATTENTION.get(engine.attention_backend)
+    if pv is None:
+        return []
+    reason = unavailable_reason(device, experts.high.config.attention_head_dim)
+    if reason is not None:
+        log.warning("attention_backend %s: %s", engine.attention_backend, reason)
+        return [f"attention_backend {engine.attention_backend}: {reason}"]
+    for processor in self_attention_processors((experts.high, experts.low)):
+        processor.quantized_pv = pv
+    return []
 
 
 def _bf16_for_per_row(module: torch.nn.Module, quant_type: str) -> list[str]:

@@ -6,15 +6,24 @@ shape. Nothing is ever unpickled (``Connection.recv_bytes*`` only, never ``recv`
 is taken only from ``DTYPES``. The raw bytes skip a serialisation: decoded frames (81 x 480 x
 832 x 3 in fp16, 194 MB) arrive in 0.33 s instead of 0.56 s through safetensors on a 2-core
 host (bench/channel.py).
+
+Tensors of ``SHARED_MIN_BYTES`` or more skip the socket too where /dev/shm has room: the sender
+copies them (from the GPU or host memory) into a file there that only this user can read, the
+header names the file, and the receiver maps it and unlinks it (bench/channel.py: the 194 MB
+frames in a fraction of the socket's time). Host and rank 0 always share a machine.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import secrets
+import tempfile
 from dataclasses import dataclass, field
 from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +32,12 @@ DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in (
     torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
     torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
 )}
+
+
+SHARED_MEMORY = Path("/dev/shm")
+SHARED_MIN_BYTES = 8 << 20
+SHARED_PREFIX = "cachedit-wan-"
+SHARED_NAME = re.compile(re.escape(SHARED_PREFIX) + r"[0-9]+-[A-Za-z0-9_]+")
 
 
 @dataclass
@@ -46,13 +61,65 @@ def _raw(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1).view(torch.uint8)
 
 
+def _shared_room(size: int) -> bool:
+    """Whether /dev/shm takes ``size`` more bytes with room to spare (a container's may be 64 MB:
+    writing past a tmpfs's end would kill the writer with SIGBUS, so the socket is used instead)."""
+    try:
+        stats = os.statvfs(SHARED_MEMORY)
+    except OSError:
+        return False
+    return os.access(SHARED_MEMORY, os.W_OK) and stats.f_bavail * stats.f_frsize >= 2 * size
+
+
+def _write_shared(tensor: torch.Tensor) -> str:
+    """The tensor's bytes in a new /dev/shm file (mode 0600), copied straight from its device."""
+    fd, path = tempfile.mkstemp(prefix=f"{SHARED_PREFIX}{os.getpid()}-", dir=SHARED_MEMORY)
+    try:
+        os.ftruncate(fd, tensor.nbytes)
+    finally:
+        os.close(fd)
+    try:
+        torch.from_file(path, shared=True, size=tensor.nbytes, dtype=torch.uint8).copy_(_raw(tensor))
+    except BaseException:
+        os.unlink(path)
+        raise
+    return os.path.basename(path)
+
+
+def _read_shared(name: str, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    """The sender's file mapped (copy on write) and unlinked: its memory goes with the tensor."""
+    if not SHARED_NAME.fullmatch(name):
+        raise ValueError(f"channel: {name!r} is not a file name this channel writes")
+    path = SHARED_MEMORY / name
+    try:
+        count = math.prod(shape)
+        expected = count * torch.empty(0, dtype=dtype).element_size()
+        if path.stat().st_size != expected:
+            raise ValueError(f"channel: {name}: {path.stat().st_size} bytes, {expected} expected")
+        return torch.from_file(str(path), shared=False, size=count, dtype=dtype).view(shape)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def remove_shared_files(pids: list[int]) -> None:
+    """Files that senders of these processes left behind (a receiver that died before reading)."""
+    for pid in pids:
+        for path in SHARED_MEMORY.glob(f"{SHARED_PREFIX}{pid}-*"):
+            path.unlink(missing_ok=True)
+
+
 def send(conn: Connection, message: Message) -> None:
-    tensors = {name: t.detach().contiguous().cpu() for name, t in message.tensors.items()}
-    layout = [{"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
-              for name, t in tensors.items()]
+    tensors = {name: t.detach().contiguous() for name, t in message.tensors.items()}
+    layout = []
+    for name, tensor in tensors.items():
+        entry = {"name": name, "dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(tensor.shape)}
+        if tensor.nbytes >= SHARED_MIN_BYTES and _shared_room(tensor.nbytes):
+            entry["shared"] = _write_shared(tensor)
+        layout.append(entry)
     conn.send_bytes(json.dumps({"kind": message.kind, "payload": message.payload, "tensors": layout}).encode())
-    for tensor in tensors.values():
-        conn.send_bytes(_raw(tensor).numpy())
+    for entry, tensor in zip(layout, tensors.values()):
+        if "shared" not in entry:
+            conn.send_bytes(_raw(tensor.cpu()).numpy())
 
 
 def receive(conn: Connection) -> Message:
@@ -61,6 +128,9 @@ def receive(conn: Connection) -> Message:
     for entry in header["tensors"]:
         if entry["dtype"] not in DTYPES:
             raise ValueError(f"channel: tensor {entry['name']!r} has an unknown dtype {entry['dtype']!r}")
+        if "shared" in entry:
+            tensors[entry["name"]] = _read_shared(entry["shared"], DTYPES[entry["dtype"]], entry["shape"])
+            continue
         tensor = torch.empty(entry["shape"], dtype=DTYPES[entry["dtype"]])
         expected = math.prod(entry["shape"]) * tensor.element_size()
         size = conn.recv_bytes_into(_raw(tensor).numpy())

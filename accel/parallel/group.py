@@ -29,7 +29,7 @@ from ..job.settings import (
 )
 from ..model.engine_check import check_engine
 from ..model.files import model_config_for
-from .channel import Message, listen, receive, send
+from .channel import Message, listen, receive, remove_shared_files, send
 from .launch import free_port, start_worker, visible_devices, worker_python
 from .layout import ParallelLayout
 
@@ -167,6 +167,7 @@ class WorkerGroup:
                 pass
         for proc in self.procs:
             proc.wait()
+        remove_shared_files([proc.pid for proc in self.procs])  # frames a dead rank 0 sent, never read
 
     def __enter__(self) -> "WorkerGroup":
         return self.start()

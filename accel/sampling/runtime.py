@@ -117,7 +117,7 @@ class Runtime:
         runtime.loras.apply(loras, quantized=False)  # before quantization: float8 layers get merged weights
         if parallelize is not None:
             parallelize(runtime.experts)
-        set_attention_backend(runtime.experts, engine)
+        notes += set_attention_backend(runtime.experts, engine, device)
         runtime.engine_notes = notes + quantize_and_compile(runtime.experts, engine)
         apply_memory_fraction(device)  # here: a random preset is built on the device before (see _load_for)
         runtime.residency = make_residency(plan, runtime.experts, device, dtype=spec.dtype, sp_degree=ulysses)

@@ -51,7 +51,9 @@ class UlyssesSelfAttention:
         outs = []
         for index in range(plan.chunks):  # chunk i+1 lands, chunk i-1's output leaves, while chunk i is attended
             value, query, key = (handles[index].wait() if overlap else handles[index] for handles in pending)
-            out = _dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                         backend=processor._attention_backend, cp_config=None)
+            out = processor.quantized(query, key, value, attention_mask)
+            if out is None:
+                out = _dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
+                                             is_causal=False, backend=processor._attention_backend, cp_config=None)
             outs.append(plan.send_out(out, index))
         return processor.project_out(attn, plan.assemble(outs), hidden_states)
