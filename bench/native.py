@@ -902,7 +902,7 @@ class Bench:
                 def decode(latent: torch.Tensor) -> tuple[torch.Tensor, dict]:
                     _, info, tensors = served.serve("decode", {"vae_path": str(self.vae_file), "tiling": "auto"},
                                                     {"latent": latent})
-                    return tensors["frames"].float(), info
+                    return tensors["frames"].float().cpu(), info
 
             (_, warm), warm_s = self.timed_decode(decode, VAE_WARM_LATENT)
             (frames, info), seconds = self.timed_decode(decode, self.vae_shape)

@@ -6,7 +6,9 @@ made of its preset, quantization, compile and attention inputs, is not the decod
 repeat; and a group started under another key would replace the warm one, unloading the experts).
 The VAE loads in those workers beside the experts on first use and stays loaded with them. With no
 warm group on those GPUs (after /free, or a latent that did not come from the sampler) the
-optional model input says which group to start. The VAE never loads in ComfyUI's process.
+optional model input says which group to start. The VAE never loads in ComfyUI's process. A latent
+wired straight from the sampler (its last job's, unchanged) is decoded where the workers kept it:
+it does not make the round trip through ComfyUI's process again (WorkerGroup.decode).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import psnr, sub
+from helpers import psnr, sub, tiny_job
 from safetensors.torch import save_file
 
 from accel.errors import UserInputError
@@ -203,6 +203,25 @@ def test_group_encode_equals_the_in_process_encode(group, vae_file, vae):
     z = group.encode(frames, vae_file, True, tile=SMALL_TILES)
     assert z.shape == (1, 16, 2, 8, 8)
     torch.testing.assert_close(z, expected, rtol=0, atol=1e-5)
+
+
+def test_the_last_jobs_latent_is_decoded_where_the_workers_kept_it(group, vae_file, vae, monkeypatch):
+    from accel.job.settings import JobSettings, SamplerSettings
+    from accel.parallel import group as group_module
+
+    sent = []
+    real_send = group_module.send
+    monkeypatch.setattr(group_module, "send", lambda conn, message: (sent.append(message), real_send(conn, message)))
+    result = group.run(tiny_job(JobSettings(sampler=SamplerSettings(steps=2))))
+    frames = group.decode(result.latent, vae_file, False)
+    request = sent[-1]
+    assert request.kind == "decode" and request.tensors == {} and request.payload["latent_of_job"] >= 1
+    assert (frames - V.decode(vae, result.latent, tiling=False)).abs().max() <= FP16_STEP / 2 + 1e-6
+    # changed in place since, or another tensor: sent as it is now
+    for changed in (result.latent.mul_(0.5), result.latent.clone()):
+        frames = group.decode(changed, vae_file, False)
+        assert list(sent[-1].tensors) == ["latent"] and "latent_of_job" not in sent[-1].payload
+        assert (frames - V.decode(vae, changed, tiling=False)).abs().max() <= FP16_STEP / 2 + 1e-6
 
 
 def test_group_refuses_bad_requests_and_stays_usable(group, vae_file, tmp_path):

@@ -23,20 +23,23 @@ import triton.language as tl
 
 
 @triton.jit
+def _token_block(x_ptr, seq, heads, stride_b, stride_s, stride_h, BLOCK: tl.constexpr, DIM: tl.constexpr):
+    """This program's block of tokens of one (batch, head) of a [B, S, H, D] tensor, in fp32 (zeros
+    past the sequence's end), its tokens' and channels' indices and the (batch, head) index."""
+    bh = tl.program_id(1)
+    tokens = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    channels = tl.arange(0, DIM)
+    x = tl.load(x_ptr + (bh // heads) * stride_b + (bh % heads) * stride_h + tokens[:, None] * stride_s
+                + channels[None, :], mask=tokens[:, None] < seq, other=0.0).to(tl.float32)
+    return x, tokens, channels, bh
+
+
+@triton.jit
 def quantize_blocks(x_ptr, mean_ptr, out_ptr, scale_ptr, seq, heads, stride_b, stride_s, stride_h,
                     multiplier, BLOCK: tl.constexpr, DIM: tl.constexpr, SMOOTH: tl.constexpr):
-    block = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    tokens = block * BLOCK + tl.arange(0, BLOCK)
-    channels = tl.arange(0, DIM)
-    inside = tokens[:, None] < seq
-    x = tl.load(x_ptr + b * stride_b + h * stride_h + tokens[:, None] * stride_s + channels[None, :],
-                mask=inside, other=0.0).to(tl.float32)
+    x, tokens, channels, bh = _token_block(x_ptr, seq, heads, stride_b, stride_s, stride_h, BLOCK, DIM)
     if SMOOTH:
-        mean = tl.load(mean_ptr + bh * DIM + channels)
-        x = tl.where(inside, x - mean[None, :], 0.0)
+        x = tl.where(tokens[:, None] < seq, x - tl.load(mean_ptr + bh * DIM + channels)[None, :], 0.0)
     scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 127.0  # [BLOCK]: one per token
     scaled = x / scale[:, None]
     padded = tl.num_programs(0) * BLOCK
@@ -48,14 +51,7 @@ def quantize_blocks(x_ptr, mean_ptr, out_ptr, scale_ptr, seq, heads, stride_b, s
 @triton.jit
 def quantize_values(x_ptr, scale_ptr, out_ptr, seq, heads, padded, stride_b, stride_s, stride_h,
                     BLOCK: tl.constexpr, DIM: tl.constexpr):
-    block = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    tokens = block * BLOCK + tl.arange(0, BLOCK)
-    channels = tl.arange(0, DIM)
-    x = tl.load(x_ptr + b * stride_b + h * stride_h + tokens[:, None] * stride_s + channels[None, :],
-                mask=tokens[:, None] < seq, other=0.0).to(tl.float32)
+    x, tokens, channels, bh = _token_block(x_ptr, seq, heads, stride_b, stride_s, stride_h, BLOCK, DIM)
     scale = tl.load(scale_ptr + bh * DIM + channels)
     tl.store(out_ptr + bh * DIM * padded + channels[None, :] * padded + tokens[:, None],
              (x / scale[None, :]).to(tl.float8e4nv))

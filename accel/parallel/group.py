@@ -74,6 +74,7 @@ class WorkerGroup:
         self._closed = False
         self._failed = False  # keep the workers' logs: the error message points at them
         self._job_running = False
+        self._last_latent: tuple[int | None, torch.Tensor | None, int | None] = (None, None, None)  # job, tensor, version
 
     # lifecycle
 
@@ -293,7 +294,10 @@ class WorkerGroup:
                 if on_step is not None:
                     on_step(message.payload["step"], [StepRecord(**r) for r in message.payload["records"]])
             elif message.kind == "done":
-                return JobResult(latent=message.tensors["latent"], trace=Trace.from_dict(message.payload["trace"]))
+                latent = message.tensors["latent"]
+                # rank 0 keeps it too: a decode of this very tensor (unchanged) need not send it back
+                self._last_latent = (message.payload.get("job"), latent, latent._version)
+                return JobResult(latent=latent, trace=Trace.from_dict(message.payload["trace"]))
             elif message.kind == "cancelled":
                 raise JobCancelled(message.payload["message"])
             else:
@@ -305,17 +309,27 @@ class WorkerGroup:
                tile: tuple[int, int] | None = None, dtype: str = "auto", timeout_s: float = 3600.0) -> torch.Tensor:
         """A LATENT's samples [B, 16, T, h, w] -> IMAGE frames [B*T, 8h, 8w, 3], float32 in 0..1, as
         ComfyUI's VAEDecode gives them. Tiled (True / "on", or "auto" where tiles are faster or whole
-        frames would not fit), every rank decodes a share of the tiles (cache-dit's DP decode)."""
-        return self._vae_request("decode", vae_path, tiling, tile, dtype, timeout_s, latent=latent)["frames"].float()
+        frames would not fit), every rank decodes a share of the tiles (cache-dit's DP decode). The
+        latent of this group's last job, as it came back and unchanged since (the sampler's output
+        wired straight to the decode), is decoded where the workers kept it: it is not sent again."""
+        job, kept, version = self._last_latent
+        if job is not None and latent is kept and latent._version == version:
+            extra, tensors = {"latent_of_job": job}, {}
+        else:
+            extra, tensors = {}, {"latent": latent}
+        return self._vae_request("decode", vae_path, tiling, tile, dtype, timeout_s, latent, extra,
+                                 **tensors)["frames"].float()
 
     def encode(self, images: torch.Tensor, vae_path: str | Path, tiling: str | bool = "auto", *,
                tile: tuple[int, int] | None = None, dtype: str = "auto", timeout_s: float = 3600.0) -> torch.Tensor:
         """IMAGE frames [T, H, W, 3] in 0..1 -> a LATENT's samples [1, 16, 1 + (T-1)//4, H/8, W/8], as
         ComfyUI's VAEEncode gives them."""
-        return self._vae_request("encode", vae_path, tiling, tile, dtype, timeout_s, images=images)["latent"]
+        return self._vae_request("encode", vae_path, tiling, tile, dtype, timeout_s, images, {},
+                                 images=images)["latent"]
 
     def _vae_request(self, kind: str, vae_path, tiling: str | bool, tile, dtype: str, timeout_s: float,
-                     **tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+                     checked: torch.Tensor, extra: dict, **tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``checked``: the request's input, checked here (``tensors``: what is sent of it)."""
         from ..model import vae
 
         if not self.alive:
@@ -324,12 +338,12 @@ class WorkerGroup:
             raise WorkerGroupError("the worker group is running a job")
         vae.vae_config(vae_path)  # a missing or wrong file is refused here, before the workers see it
         vae.vae_dtype(dtype, torch.device("cpu"))  # a known name
-        (vae.check_latent if kind == "decode" else vae.check_images)(next(iter(tensors.values())))
+        (vae.check_latent if kind == "decode" else vae.check_images)(checked)
         tiling = {True: "on", False: "off"}.get(tiling, tiling) if isinstance(tiling, bool) else tiling
         if tiling not in vae.TILING_MODES:
             raise UserInputError(f"tiling {tiling!r} is unknown; expected one of {vae.TILING_MODES}")
         payload = {"vae_path": str(vae_path), "tiling": tiling, "dtype": dtype,
-                   "tile": None if tile is None else list(vae.parse_tile(tile))}
+                   "tile": None if tile is None else list(vae.parse_tile(tile)), **extra}
         send(self.conn, Message(kind, payload, tensors))
         message = self._wait_message(time.monotonic() + timeout_s, f"running the VAE {kind}")
         if message.kind != vae.VAE_REQUESTS[kind]:

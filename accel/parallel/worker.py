@@ -100,6 +100,7 @@ class Worker:
                                     GroupTopology(self.layout, mesh, self.control), chain_from_json(config.loras))
         self.loaded_at = time.time()
         self.jobs = 0
+        self.last_latent: torch.Tensor | None = None  # the last job's, on every rank, for a decode without upload
 
     def _broadcast(self, message: Message | None) -> Message:
         box = [message]
@@ -151,8 +152,17 @@ class Worker:
         loads it, a request for another file replaces it); every rank takes part, rank 0 answers."""
         if getattr(self, "vae", None) is None:
             self.vae = GroupVae(self.device, self.rank, self.config.world)
+        tensors = message.tensors
+        if message.payload.get("latent_of_job") is not None:  # the last job's latent, kept here
+            if message.payload["latent_of_job"] != self.jobs or self.last_latent is None:
+                if self.rank == 0:
+                    send(self.conn, Message("error", {"kind": "fatal", "message": (
+                        f"the host asked to decode job {message.payload['latent_of_job']}'s latent; this group "
+                        f"keeps job {self.jobs}'s")}))
+                return
+            tensors = {**tensors, "latent": self.last_latent}
         try:
-            kind, payload, tensors = self.vae.serve(message.kind, message.payload, message.tensors)
+            kind, payload, tensors = self.vae.serve(message.kind, message.payload, tensors)
         except UserInputError as error:  # the file or the input: every rank refuses it before any collective
             if self.rank == 0:
                 send(self.conn, Message("error", {"kind": "input", "message": str(error)}))
@@ -184,13 +194,15 @@ class Worker:
                 send(self.conn, Message("cancelled", {"message": str(error)}))
             return
         self.jobs += 1
+        self.last_latent = result.latent
         memory = self._memory_per_rank()
         if self.rank == 0:
             result.trace.info.update(
                 peak_mem_gb_per_rank=memory, jobs_served=self.jobs, loaded_at=self.loaded_at,
                 layout={"ulysses": self.layout.ulysses, "cfg": self.layout.cfg, "world": self.layout.world},
             )
-            send(self.conn, Message("done", {"trace": result.trace.to_dict()}, {"latent": result.latent}))
+            send(self.conn, Message("done", {"trace": result.trace.to_dict(), "job": self.jobs},
+                                    {"latent": result.latent}))
 
 
 def main() -> int:
