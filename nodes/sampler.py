@@ -109,7 +109,9 @@ def sampler_inputs() -> list:
                        tooltip="where the experts' weights live on each GPU. auto: the fastest plan that fits the "
                                "GPU's free memory for this prompt; resident: both experts on the GPU; swap: only the "
                                "running expert (the other in host RAM, copied in at the switch); stream: the running "
-                               "expert's blocks streamed from host RAM (cards smaller than one expert)"),
+                               "expert's blocks streamed from host RAM (cards smaller than one expert); shard: both experts "
+                               "on the GPUs, their blocks split over the Ulysses group's GPUs by tensor parallelism "
+                               "(2+ GPUs, bf16 weights, no host RAM copies)"),
     ]
     return [*model, *sampling, *parallel, *engine, *handles]
 

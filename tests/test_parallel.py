@@ -88,6 +88,42 @@ def assert_group_samples_as_one_process(spec, runtime, layout, engine) -> None:
             assert any(r.decision == "cache" for r in parallel.trace.records)
 
 
+@pytest.mark.parametrize("layout", [ParallelLayout(ulysses=2), ParallelLayout(cfg=2, ulysses=2)],
+                         ids=["shard2", "cfg2-x-shard2"])
+def test_sharded_weights_decide_and_sample_as_one_process(four_heads, layout):
+    """Residency "shard": cache-dit's tensor parallelism on the sequence-parallel ranks. The row-wise
+    layers' partial sums meet in an all-reduce, so the numbers agree to rounding, not bit for bit."""
+    spec, single_runtime = four_heads
+    with WorkerGroup(spec, layout, EngineOptions(residency="shard")) as group:
+        job = tiny_job(cached(policy="dynamic"))
+        single, sharded = run_job(single_runtime, job), group.run(job)
+        assert [d[:4] for d in decisions(sharded.trace)] == [d[:4] for d in decisions(single.trace)]
+        for got, expected in zip(decisions(sharded.trace), decisions(single.trace)):
+            assert (got[4] is None) == (expected[4] is None)
+            assert got[4] is None or got[4] == pytest.approx(expected[4], rel=1e-4, abs=1e-6)
+        assert torch.allclose(sharded.latent, single.latent, rtol=1e-4, atol=1e-5)
+        assert all(r.ranks_agreed for r in sharded.trace.records)
+        assert any(r.decision == "cache" for r in sharded.trace.records)
+        assert sharded.trace.info["residency"]["plan"] == "shard"
+        assert any("split over 2 ranks" in note for note in sharded.trace.info["notes"])
+
+
+def test_shard_is_refused_without_a_sequence_parallel_group_or_with_quantized_weights():
+    import dataclasses
+
+    from accel.job.settings import QuantSettings
+    from accel.model.engine_check import check_shard
+
+    with pytest.raises(UserInputError, match="Ulysses degree of 2 or more"):
+        WorkerGroup(TINY, ParallelLayout(cfg=2), EngineOptions(residency="shard")).check()
+    with pytest.raises(UserInputError, match="Ulysses degree of 2 or more"):
+        Runtime.load(TINY, "cpu", EngineOptions(residency="shard"))
+    for engine, spec in ((EngineOptions(residency="shard", quantize=QuantSettings("float8_per_row")), TINY),
+                         (EngineOptions(residency="shard"), dataclasses.replace(TINY, dtype="bf16", fp8_scaled="as_stored"))):
+        with pytest.raises(UserInputError, match="bf16 weights"):
+            check_shard(engine, spec, ulysses=2)
+
+
 @pytest.fixture(scope="module")
 def four_heads(tmp_path_factory):
     """The tiny model with 4 heads (Ulysses 4 splits heads 4 ways) and a one-process runtime of it."""

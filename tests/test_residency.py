@@ -380,3 +380,35 @@ def test_cuda_fp8_plans_equal_resident(plan, tmp_path):
     assert isinstance(runtime.experts.low.blocks[0].attn1.to_q.weight.data, Float8Tensor)
     ours = run_job(runtime, job)
     assert torch.equal(ours.latent, expected.latent) and decisions(ours) == decisions(expected)
+
+
+def test_shard_splits_the_linear_weights_and_needs_no_host_copies():
+    one = MemoryNeed.estimate(A14B_CONFIG, "bf16", False, A14B_TOKENS_640)
+    two = MemoryNeed.estimate(A14B_CONFIG, "bf16", False, A14B_TOKENS_640, ulysses=2)
+    assert "shard" not in one.peaks and "shard" not in MemoryNeed.estimate(A14B_CONFIG, "bf16", True, 33_600, 2).peaks
+    size = expert_size(A14B_CONFIG)
+    saved = 2 * (size.linear_bytes(2, False) - -(-size.linear_bytes(2, False) // 2))  # half of both experts' Linears
+    activations_gap = memory.activation_bytes(A14B_CONFIG, "bf16", A14B_TOKENS_640) \
+        - memory.activation_bytes(A14B_CONFIG, "bf16", two.tokens_per_rank)  # all tokens on every rank
+    assert two.peaks["resident"] - two.peaks["shard"] == saved - activations_gap
+    assert two.host["shard"] == two.host["resident"] == 0 and two.host["swap"] == two.host["stream"] > 50 * GIB
+
+
+def test_auto_takes_shard_where_the_host_cannot_pin_a_copy_per_worker():
+    need = MemoryNeed.estimate(A14B_CONFIG, "bf16", False, A14B_TOKENS_640, ulysses=2)
+    gpus = {"GPU 0": 40 * GIB, "GPU 1": 40 * GIB}  # swap fits the GPUs
+    assert choose_plan("auto", need, gpus, memory.HostBudget(512 * GIB, workers=2)).plan == "swap"
+    small_host = memory.HostBudget(64 * GIB, workers=2)  # two workers x 57 GiB of mirrors do not fit
+    choice = choose_plan("auto", need, gpus, small_host)
+    assert choice.plan == "shard" and choice.fits
+    one_gpu = MemoryNeed.estimate(A14B_CONFIG, "bf16", False, A14B_TOKENS_640)
+    with pytest.raises(UserInputError, match="pinned host RAM") as error:
+        choose_plan("auto", one_gpu, {"GPU 0": 24 * GIB}, memory.HostBudget(32 * GIB, workers=1))
+    assert "32.0 GiB available" in str(error.value)
+
+
+def test_host_memory_is_read_from_meminfo(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       131072000 kB\nMemAvailable:    65536000 kB\n")
+    assert memory.host_available_bytes(meminfo) == 65536000 * 1024
+    assert memory.host_available_bytes(tmp_path / "missing") is None

@@ -49,6 +49,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,6 +72,7 @@ OVERHEAD_BYTES = 2 * GIB
 # once the compute stream has passed it).
 STREAM_PREFETCH_BLOCKS = 2
 STREAM_BLOCKS_IN_FLIGHT = STREAM_PREFETCH_BLOCKS + 2
+HOST_SHARE = 0.9  # of the host's available memory the pinned mirrors may take (the rest: ComfyUI, page cache)
 
 
 def memory_fraction(environ: Mapping[str, str] = os.environ) -> float | None:
@@ -157,11 +159,13 @@ def activation_bytes(config: Mapping[str, Any], dtype: str, tokens_per_rank: int
 
 @dataclass(frozen=True)
 class MemoryNeed:
-    """What the job asks of each rank's GPU, per plan (bytes)."""
+    """What the job asks of each rank's GPU and of the host per worker, per plan (bytes). A plan
+    the group cannot run (shard on a sequence-parallel group of one) has no entry."""
 
     peaks: dict[str, int]
     tokens: int
     tokens_per_rank: int
+    host: dict[str, int] = dataclasses.field(default_factory=dict)  # pinned host mirrors per worker
 
     @classmethod
     def estimate(cls, config: Mapping[str, Any], dtype: str, quantized: bool, tokens: int, ulysses: int = 1,
@@ -176,7 +180,13 @@ class MemoryNeed:
         streamed = size.resident_bytes_when_streamed(dtype_bytes) \
             + STREAM_BLOCKS_IN_FLIGHT * size.streamed_block_bytes(dtype_bytes, quantized)
         peaks = {"resident": 2 * expert + common, "swap": expert + common, "stream": streamed + common}
-        return cls(peaks=peaks, tokens=tokens, tokens_per_rank=per_rank)
+        host = {"resident": 0, "swap": 2 * expert, "stream": 2 * expert}
+        if ulysses > 1 and not quantized:  # tensor parallel over the same ranks (bf16 weights): 1/N of the Linears
+            shard = math.ceil(size.linear_bytes(dtype_bytes, quantized) / ulysses) \
+                + size.resident_bytes_when_streamed(dtype_bytes)
+            peaks["shard"] = 2 * shard + activation_bytes(config, dtype, tokens, quantized) + OVERHEAD_BYTES
+            host["shard"] = 0
+        return cls(peaks=peaks, tokens=tokens, tokens_per_rank=per_rank, host=host)
 
 
 @dataclass(frozen=True)
@@ -185,11 +195,11 @@ class PlanChoice:
     forced: bool
     need: MemoryNeed
     budgets: dict[str, int]  # usable bytes per GPU, by name ("GPU 0")
+    host: HostBudget | None = None
 
     @property
     def fits(self) -> bool:
-        peak = self.need.peaks[self.plan]
-        return not self.budgets or peak <= min(self.budgets.values())
+        return self.need.peaks.get(self.plan) is not None and fits(self.plan, self.need, self.budgets, self.host)
 
     def reason(self) -> str:
         peaks = ", ".join(f"{plan} {peak / GIB:.1f}" for plan, peak in self.need.peaks.items())
@@ -199,27 +209,53 @@ class PlanChoice:
                 f"({self.need.tokens_per_rank:,} per rank): {peaks}")
         if free:
             text += f"; usable: {free}"
+        if self.host is not None and self.need.host.get(self.plan):
+            text += (f"; host RAM {self.host.workers} x {self.need.host[self.plan] / GIB:.1f} GiB of "
+                     f"{self.host.available / GIB:.1f} GiB available")
         if self.forced and not self.fits:
             text += " (the estimate exceeds it: may run out of memory)"
         return text
 
 
-def choose_plan(requested: str, need: MemoryNeed, budgets: Mapping[str, int]) -> PlanChoice:
+@dataclass(frozen=True)
+class HostBudget:
+    """The host memory the plans' pinned mirrors may take: what is available now, for ``workers``
+    worker processes that each pin their own."""
+
+    available: int
+    workers: int
+
+
+def fits(plan: str, need: MemoryNeed, budgets: Mapping[str, int], host: HostBudget | None) -> bool:
+    if budgets and need.peaks[plan] > min(budgets.values()):
+        return False
+    return host is None or need.host.get(plan, 0) * host.workers <= host.available * HOST_SHARE
+
+
+def choose_plan(requested: str, need: MemoryNeed, budgets: Mapping[str, int],
+                host: HostBudget | None = None) -> PlanChoice:
     """``requested``: a plan (forced, whatever the estimate says) or "auto": the fastest whose peak
-    fits the smallest budget; none fitting is a UserInputError naming the memory that would fit."""
+    fits the smallest GPU budget and whose host mirrors (one set per worker) fit the host's
+    available memory; none fitting is a UserInputError naming the memory that would fit."""
     budgets = dict(budgets)
     if requested != "auto":
         if requested not in RESIDENCY_PLANS:
             raise UserInputError(f"residency {requested!r} is unknown; expected auto or one of {RESIDENCY_PLANS}")
-        return PlanChoice(requested, True, need, budgets)
+        return PlanChoice(requested, True, need, budgets, host)
     if not budgets:  # CPU ranks: host memory, nothing to save
-        return PlanChoice("resident", False, need, budgets)
+        return PlanChoice("resident", False, need, budgets, host)
     smallest_name, smallest = min(budgets.items(), key=lambda item: item[1])
     for plan in RESIDENCY_PLANS:
-        if need.peaks[plan] <= smallest:
-            return PlanChoice(plan, False, need, budgets)
-    last = RESIDENCY_PLANS[-1]
+        if plan in need.peaks and fits(plan, need, budgets, host):
+            return PlanChoice(plan, False, need, budgets, host)
+    last = "stream"
     least = need.peaks[last]
+    if least <= smallest and host is not None:
+        raise UserInputError(
+            f"this prompt fits the GPUs only with weights offloaded to host memory ('{last}': "
+            f"{host.workers} worker(s) x {need.host[last] / GIB:.1f} GiB of pinned host RAM), and the host has "
+            f"{host.available / GIB:.1f} GiB available. Free host RAM, use fewer GPUs per group, or give the "
+            "Ulysses group 2+ GPUs (residency shard splits the weights over them)")
     raise UserInputError(
         f"this prompt ({need.tokens:,} tokens, {need.tokens_per_rank:,} per GPU) fits no residency plan: the "
         f"smallest, '{last}' (blocks streamed from host memory), needs about {least / GIB:.1f} GiB of free GPU "
@@ -235,13 +271,24 @@ def weights_quantized(engine: EngineOptions, spec: ModelSpec) -> bool:
 
 
 def resolve_plan(engine: EngineOptions, spec: ModelSpec, config: Mapping[str, Any], tokens: int, ulysses: int,
-                 copy_engine: bool, budgets: Mapping[str, int]) -> EngineOptions:
+                 copy_engine: bool, budgets: Mapping[str, int], host: HostBudget | None = None) -> EngineOptions:
     """``engine`` with its plan chosen (``choose_plan``) for ``tokens`` on GPUs of ``budgets``, and the
     reason, which the decision table shows; an estimate over a forced plan's budget is a warning."""
     need = MemoryNeed.estimate(config, spec.dtype, weights_quantized(engine, spec), tokens, ulysses, copy_engine)
-    choice = choose_plan(engine.residency, need, budgets)
+    choice = choose_plan(engine.residency, need, budgets, host)
     (log.info if choice.fits else log.warning)("%s", choice.reason())
     return dataclasses.replace(engine, residency=choice.plan, residency_reason=choice.reason())
+
+
+def host_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """The kernel's MemAvailable (Linux), or None where it cannot be read."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def usable_bytes(devices: Sequence[int], environ: Mapping[str, str] = os.environ) -> dict[str, int]:

@@ -47,3 +47,16 @@ def check_engine(engine: EngineOptions, spec: ModelSpec, device: torch.device | 
             f"attention backend {engine.attention_backend!r} needs the Python package {package!r}, "
             "which is not installed in this environment"
         )
+
+
+def check_shard(engine: EngineOptions, spec: ModelSpec, ulysses: int) -> None:
+    """What residency "shard" (cache-dit's tensor parallelism over the sequence-parallel group) takes."""
+    from ..job.memory import weights_quantized
+
+    if ulysses < 2:
+        raise UserInputError("residency 'shard' splits the weights over the GPUs of a sequence-parallel group: it "
+                             "needs a Ulysses degree of 2 or more (2+ GPUs, CFG parallel off or 4+ GPUs)")
+    if weights_quantized(engine, spec):
+        raise UserInputError("residency 'shard' takes bf16 weights for now: drop the quantization (FP8 Quantize, the "
+                             "preset's quantize_config) and load fp8_scaled files dequantized, or choose resident, "
+                             "swap or stream")

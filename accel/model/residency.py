@@ -447,8 +447,26 @@ class StreamResidency(SwapResidency):
                  f"{self.states['high'].device_bytes / memory.GIB:.2f} GiB resident")]
 
 
+class ShardResidency(Residency):
+    """shard: nothing moves either; each rank holds its tensor-parallel share of both experts
+    (accel/parallel/tensor_parallel.py)."""
+
+    plan = "shard"
+
+    def __init__(self, sp_degree: int) -> None:
+        super().__init__()
+        self.sp_degree = sp_degree
+
+    @property
+    def notes(self) -> list[str]:
+        return [f"residency shard: both experts on the GPUs, the blocks' Linear weights split over {self.sp_degree} "
+                "ranks by cache-dit's tensor parallelism (no host copies)"]
+
+
 def make_residency(plan: str, experts: DualExperts, device: torch.device, *, dtype: str, sp_degree: int) -> Residency:
     if plan == "resident":
         return Residency()
+    if plan == "shard":
+        return ShardResidency(sp_degree)
     kind = {"swap": SwapResidency, "stream": StreamResidency}[plan]
     return kind(experts, device, dtype=dtype, sp_degree=sp_degree)

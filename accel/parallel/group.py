@@ -27,7 +27,7 @@ from ..job.settings import (
     ModelSpec,
     chain_to_json,
 )
-from ..model.engine_check import check_engine
+from ..model.engine_check import check_engine, check_shard
 from ..model.files import model_config_for
 from .channel import Message, listen, receive, remove_shared_files, send
 from .launch import free_port, start_worker, visible_devices, worker_python
@@ -46,8 +46,10 @@ DEFAULT_COMPILE_CACHE = Path.home() / ".cache" / "comfyui-cachedit-parallel" / "
 
 def group_key(spec: ModelSpec, layout: ParallelLayout, engine: EngineOptions, loras: LoraChain) -> tuple:
     """What a warm group must match to serve a job. A LoRA chain changes in place (the weights
-    are read back from the files), except on the random presets, which have no files."""
-    return spec, layout, engine, loras if spec.source in RANDOM_SOURCES else ()
+    are read back from the files), except on the random presets, which have no files, and under
+    "shard", whose split layers the patcher does not write."""
+    in_place = spec.source not in RANDOM_SOURCES and engine.residency != "shard"
+    return spec, layout, engine, () if in_place else loras
 
 
 class WorkerGroup:
@@ -90,6 +92,8 @@ class WorkerGroup:
             visible_devices(self.layout.devices)
         device = torch.device("cuda", self.layout.devices[0]) if self.layout.devices else None
         check_engine(self.engine, self.spec, device)
+        if self.engine.residency == "shard":
+            check_shard(self.engine, self.spec, self.layout.ulysses)
 
     def start(self) -> "WorkerGroup":
         self.check()

@@ -22,15 +22,18 @@ log = logging.getLogger(__name__)
 
 
 def resolve_residency(spec: ModelSpec, layout: ParallelLayout, engine: EngineOptions,
-                      latent_shape: Sequence[int] | None, budgets: dict[str, int]) -> EngineOptions:
-    """The plan for "auto" (the fastest whose estimated peak fits the smallest GPU budget), or the
-    forced one; a prompt that fits no plan is a UserInputError here, before any weights move."""
+                      latent_shape: Sequence[int] | None, budgets: dict[str, int],
+                      host_available: int | None = None) -> EngineOptions:
+    """The plan for "auto" (the fastest whose estimated peak fits the smallest GPU budget and whose
+    host mirrors, one set per worker, fit ``host_available``), or the forced one; a prompt that fits
+    no plan is a UserInputError here, before any weights move."""
     if engine.residency != "auto" and not budgets:
         return engine
     config = model_config_for(spec)
     tokens = memory.job_tokens(latent_shape, config["patch_size"]) if latent_shape is not None else 0
+    host = memory.HostBudget(host_available, layout.world) if host_available is not None and budgets else None
     return memory.resolve_plan(engine, spec, config, tokens, layout.ulysses,
-                               engine.ulysses_copy_engine and layout.devices is not None, budgets)
+                               engine.ulysses_copy_engine and layout.devices is not None, budgets, host)
 
 
 class WorkerGroupRegistry:
@@ -38,6 +41,7 @@ class WorkerGroupRegistry:
         self._lock = threading.Lock()
         self._group: WorkerGroup | None = None
         self._budgets: dict[str, int] = {}  # usable GPU memory measured before the warm group started
+        self._host_available: int | None = None  # host memory available then (its mirrors are not a lack)
 
     def _budgets_for(self, layout: ParallelLayout) -> dict[str, int]:
         """Usable memory of the layout's GPUs: as measured before the warm group started on a GPU
@@ -56,7 +60,8 @@ class WorkerGroupRegistry:
         with self._lock:
             group = self._group
             budgets = self._budgets_for(layout)
-            engine = resolve_residency(spec, layout, engine, latent_shape, budgets)
+            host = memory.host_available_bytes() if group is None or not group.alive else self._host_available
+            engine = resolve_residency(spec, layout, engine, latent_shape, budgets, host)
             if group is not None and group.key == group_key(spec, layout, engine, loras) and group.alive:
                 return group
             replacement = WorkerGroup(spec, layout, engine, loras=loras, compile_cache_dir=compile_cache_dir)
@@ -64,7 +69,7 @@ class WorkerGroupRegistry:
             if group is not None:
                 group.close()
             self._group = None
-            self._budgets = budgets
+            self._budgets, self._host_available = budgets, host
             self._group = replacement.start()
             return self._group
 

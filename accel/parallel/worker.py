@@ -32,6 +32,7 @@ from ..sampling.topology import GroupTopology
 from .channel import Message, connect, receive, send
 from .layout import ParallelLayout
 from .mesh import build_mesh
+from .tensor_parallel import enable_tensor_parallelism
 from .ulysses.enable import enable_ulysses, outside_allocator_bytes
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,9 @@ class Worker:
 
         def parallelize(experts) -> None:
             self.layout.check_model(experts.config["num_attention_heads"])
-            if self.layout.ulysses > 1:
+            if engine.residency == "shard":  # tensor parallel on the sequence-parallel ranks instead
+                enable_tensor_parallelism(experts, mesh, self.device)
+            elif self.layout.ulysses > 1:
                 self.cp_configs = enable_ulysses(experts, mesh, self.layout.ulysses, engine, self.device,
                                                  timedelta(seconds=config.collective_timeout_s))
 

@@ -16,7 +16,7 @@ from ..model.engine import (
     quantize_and_compile,
     set_attention_backend,
 )
-from ..model.engine_check import check_engine
+from ..model.engine_check import check_engine, check_shard
 from ..model.files import model_config_for
 from ..model.fused_block import fuse_block_ops
 from ..model.loading import DualExperts, load_experts
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # inside the compiled blocks, so such a job would fail in its first forward.
 STREAM_FP8_COMPILE_NOTE = ("compile is off under the 'stream' plan with FP8 weights (torch.compile cannot trace the "
                            "streamed float8 weights yet): the blocks run eager, measured 0.99x resident FP8 eager")
+SHARD_COMPILE_NOTE = ("compile is off under the 'shard' plan (the blocks' DTensor layers are not compiled yet): the "
+                      "blocks run eager")
 
 
 def apply_memory_fraction(device: torch.device) -> None:
@@ -105,10 +107,14 @@ class Runtime:
         engine = resolve_in_process(engine, spec, device, ulysses, tokens)
         plan = engine.residency
         notes = []
-        if plan == "stream" and engine.compile and memory.weights_quantized(engine, spec):
+        if plan == "shard":
+            check_shard(engine, spec, ulysses if parallelize is not None else 1)
+        off = {"stream": STREAM_FP8_COMPILE_NOTE if memory.weights_quantized(engine, spec) else None,
+               "shard": SHARD_COMPILE_NOTE}.get(plan)
+        if engine.compile and off:
             engine = dataclasses.replace(engine, compile=False)
-            notes.append(STREAM_FP8_COMPILE_NOTE)
-            log.warning("%s", STREAM_FP8_COMPILE_NOTE)
+            notes.append(off)
+            log.warning("%s", off)
         experts = _load_for(plan, spec, device)
         compiled = compile_block_ops(engine, device)
         for module in (experts.high, experts.low):  # before any hook wraps a block's forward
@@ -126,7 +132,8 @@ class Runtime:
 
 
 def _load_for(plan: str, spec: ModelSpec, device: torch.device) -> DualExperts:
-    """Resident: onto the device. Swap / stream: into host memory, except the random presets,
+    """Resident: onto the device. Swap / stream / shard: into host memory (shard: the tensor-parallel
+    split then moves each rank's share to the device), except the random presets,
     whose weights come from the device's generator (CPU and CUDA draw different numbers): built
     there one expert at a time and moved to the host, so that every plan computes with the very
     weights resident does (the device must hold one expert while it is built)."""
