@@ -66,7 +66,7 @@ def main() -> int:
             channel.SHARED_MIN_BYTES = threshold
 
     ways = {}
-    if channel._shared_room(frames.nbytes):
+    if channel.shared_room(frames.nbytes):
         ways["channel, through a /dev/shm file"] = (lambda conn: send(conn, Message("frames", {}, {"frames": frames})),
                                                     receive)
     ways.update({

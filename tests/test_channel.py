@@ -61,7 +61,7 @@ def test_a_header_with_another_dtype_is_refused():
 def test_large_tensors_pass_through_shared_memory_and_leave_no_file(monkeypatch):
     from accel.parallel import channel
 
-    if not channel._shared_room(64 << 20):
+    if not channel.shared_room(64 << 20):
         pytest.skip("no room in /dev/shm here")
     monkeypatch.setattr(channel, "SHARED_MIN_BYTES", 1 << 20)
     frames = torch.rand(12, 64, 96, 3, generator=torch.Generator().manual_seed(1)).half()  # 442 KB: socket
@@ -83,7 +83,7 @@ def test_a_shared_file_name_outside_the_channels_own_is_refused(tmp_path):
 def test_files_a_dead_sender_left_are_removed():
     from accel.parallel import channel
 
-    if not channel._shared_room(1 << 20):
+    if not channel.shared_room(1 << 20):
         pytest.skip("no room in /dev/shm here")
     name = channel._write_shared(torch.ones(4))
     assert (channel.SHARED_MEMORY / name).exists()

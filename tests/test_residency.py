@@ -7,6 +7,7 @@ only where a GPU is."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -401,6 +402,9 @@ def test_auto_takes_shard_where_the_host_cannot_pin_a_copy_per_worker():
     small_host = memory.HostBudget(64 * GIB, workers=2)  # two workers x 57 GiB of mirrors do not fit
     choice = choose_plan("auto", need, gpus, small_host)
     assert choice.plan == "shard" and choice.fits
+    shared = memory.HostBudget(64 * GIB, workers=2, shared_free=128 * GIB)  # one copy in /dev/shm: fits
+    assert choose_plan("auto", need, gpus, shared).plan == "swap" and "host RAM 1 x" in choose_plan(
+        "auto", need, gpus, shared).reason()
     one_gpu = MemoryNeed.estimate(A14B_CONFIG, "bf16", False, A14B_TOKENS_640)
     with pytest.raises(UserInputError, match="pinned host RAM") as error:
         choose_plan("auto", one_gpu, {"GPU 0": 24 * GIB}, memory.HostBudget(32 * GIB, workers=1))
@@ -412,3 +416,79 @@ def test_host_memory_is_read_from_meminfo(tmp_path):
     meminfo.write_text("MemTotal:       131072000 kB\nMemAvailable:    65536000 kB\n")
     assert memory.host_available_bytes(meminfo) == 65536000 * 1024
     assert memory.host_available_bytes(tmp_path / "missing") is None
+
+
+def shared_mirror_files(pid: int) -> set[str]:
+    """The /dev/shm mirror chunks a process maps (unlinked once every rank mapped them)."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {line.split()[-2] for line in maps.splitlines() if "-mirror" in line and line.endswith("(deleted)")}
+
+
+@pytest.mark.parametrize("plan", ["swap", "stream"])
+def test_a_groups_workers_share_one_host_copy_and_lora_changes_reach_it(plan, lora_model):
+    from accel.parallel import channel
+    from accel.parallel.group import WorkerGroup
+    from accel.parallel.layout import ParallelLayout
+
+    if not channel.shared_room(64 << 20) or not Path("/proc/self/maps").exists():
+        pytest.skip("needs room in /dev/shm and /proc")
+    spec, (first, second) = lora_model
+    resident = Runtime.load(spec)
+    with WorkerGroup(spec, ParallelLayout(ulysses=2), EngineOptions(residency=plan), loras=(first,)) as group:
+        for chain in ((first,), (first, second), ()):
+            expected = run_job(resident, tiny_job(settings(loras=chain)))
+            ours = group.run(tiny_job(settings(loras=chain)))
+            assert torch.allclose(ours.latent, expected.latent, rtol=1e-5, atol=1e-6)
+            assert [d[:4] for d in decisions(ours)] == [d[:4] for d in decisions(expected)]
+        assert any("host mirrors" in note and "one copy shared by the group's 2 workers" in note
+                   for note in ours.trace.info["notes"])
+        files = [shared_mirror_files(proc.pid) for proc in group.procs]
+        assert files[0] and files[0] == files[1]  # both ranks map the very same chunks
+    assert not list(channel.SHARED_MEMORY.glob(f"{channel.SHARED_PREFIX}*-mirror*"))  # nothing left behind
+
+
+def _shared_arena_rank(rank: int, port: int, out) -> None:
+    import torch.distributed as dist
+
+    from accel.model.host_mirrors import SharedArena
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    weights = [torch.arange(n, dtype=torch.float32) * (k + 1) for k, n in enumerate((1000, 5, 70_000))]
+    arena = SharedArena(dist.group.WORLD, register=True)
+    places = [arena.place(w.numel() * w.element_size()) for w in weights]
+    arena.open()
+    mirrors = [arena.view(where, w) for where, w in zip(places, weights)]
+    if arena.writes:
+        for mirror, w in zip(mirrors, weights):
+            mirror.copy_(w)
+    arena.filled()
+    on_gpu = [m.to("cuda", non_blocking=True) for m in mirrors]
+    torch.cuda.synchronize()
+    out.put((rank, arena.shared_by, all(m.is_pinned() for m in mirrors),
+             all(torch.equal(g.cpu(), w) for g, w in zip(on_gpu, weights))))
+    dist.destroy_process_group()
+
+
+@cuda
+def test_cuda_shared_mirrors_are_page_locked_and_copy_to_the_gpu():
+    """Two ranks on one GPU (gloo only): one set of /dev/shm chunks, registered with CUDA by each."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from accel.parallel import channel
+
+    if not channel.shared_room(64 << 20):
+        pytest.skip("no room in /dev/shm")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.get_context("spawn")
+    out = context.Queue()
+    procs = [context.Process(target=_shared_arena_rank, args=(rank, port, out)) for rank in range(2)]
+    for proc in procs:
+        proc.start()
+    results = sorted(out.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=30)
+    assert results == [(0, 2, True, True), (1, 2, True, True)]

@@ -212,13 +212,16 @@ def test_the_last_jobs_latent_is_decoded_where_the_workers_kept_it(group, vae_fi
     sent = []
     real_send = group_module.send
     monkeypatch.setattr(group_module, "send", lambda conn, message: (sent.append(message), real_send(conn, message)))
-    result = group.run(tiny_job(JobSettings(sampler=SamplerSettings(steps=2))))
-    frames = group.decode(result.latent, vae_file, False)
+    with torch.inference_mode():  # as ComfyUI runs nodes: inference tensors, no version counter
+        result = group.run(tiny_job(JobSettings(sampler=SamplerSettings(steps=2))))
+        frames = group.decode(result.latent, vae_file, False)
     request = sent[-1]
     assert request.kind == "decode" and request.tensors == {} and request.payload["latent_of_job"] >= 1
     assert (frames - V.decode(vae, result.latent, tiling=False)).abs().max() <= FP16_STEP / 2 + 1e-6
     # changed in place since, or another tensor: sent as it is now
-    for changed in (result.latent.mul_(0.5), result.latent.clone()):
+    with torch.inference_mode():
+        halved = result.latent.mul_(0.5)
+    for changed in (halved, result.latent.clone()):
         frames = group.decode(changed, vae_file, False)
         assert list(sent[-1].tensors) == ["latent"] and "latent_of_job" not in sent[-1].payload
         assert (frames - V.decode(vae, changed, tiling=False)).abs().max() <= FP16_STEP / 2 + 1e-6

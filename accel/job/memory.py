@@ -209,8 +209,9 @@ class PlanChoice:
                 f"({self.need.tokens_per_rank:,} per rank): {peaks}")
         if free:
             text += f"; usable: {free}"
-        if self.host is not None and self.need.host.get(self.plan):
-            text += (f"; host RAM {self.host.workers} x {self.need.host[self.plan] / GIB:.1f} GiB of "
+        mirrors = self.need.host.get(self.plan, 0)
+        if self.host is not None and mirrors:
+            text += (f"; host RAM {self.host.copies(mirrors)} x {mirrors / GIB:.1f} GiB of "
                      f"{self.host.available / GIB:.1f} GiB available")
         if self.forced and not self.fits:
             text += " (the estimate exceeds it: may run out of memory)"
@@ -220,16 +221,22 @@ class PlanChoice:
 @dataclass(frozen=True)
 class HostBudget:
     """The host memory the plans' pinned mirrors may take: what is available now, for ``workers``
-    worker processes that each pin their own."""
+    worker processes. They share one copy where /dev/shm holds it (``shared_free``: its free
+    bytes; model/host_mirrors.py), else each pins its own."""
 
     available: int
     workers: int
+    shared_free: int = 0
+
+    def copies(self, mirror_bytes: int) -> int:
+        return 1 if self.workers > 1 and 2 * mirror_bytes <= self.shared_free else self.workers
 
 
 def fits(plan: str, need: MemoryNeed, budgets: Mapping[str, int], host: HostBudget | None) -> bool:
     if budgets and need.peaks[plan] > min(budgets.values()):
         return False
-    return host is None or need.host.get(plan, 0) * host.workers <= host.available * HOST_SHARE
+    mirrors = need.host.get(plan, 0)
+    return host is None or mirrors * host.copies(mirrors) <= host.available * HOST_SHARE
 
 
 def choose_plan(requested: str, need: MemoryNeed, budgets: Mapping[str, int],
@@ -253,7 +260,7 @@ def choose_plan(requested: str, need: MemoryNeed, budgets: Mapping[str, int],
     if least <= smallest and host is not None:
         raise UserInputError(
             f"this prompt fits the GPUs only with weights offloaded to host memory ('{last}': "
-            f"{host.workers} worker(s) x {need.host[last] / GIB:.1f} GiB of pinned host RAM), and the host has "
+            f"{host.copies(need.host[last])} x {need.host[last] / GIB:.1f} GiB of pinned host RAM), and the host has "
             f"{host.available / GIB:.1f} GiB available. Free host RAM, use fewer GPUs per group, or give the "
             "Ulysses group 2+ GPUs (residency shard splits the weights over them)")
     raise UserInputError(

@@ -2,7 +2,8 @@
 
 - resident: both experts stay where loading put them (on the device). Nothing moves.
 - swap: every parameter and buffer of both experts has a pinned host mirror, made once when the
-  group starts and kept for its life. Offloading an expert is re-pointing its tensors at their
+  group starts and kept for its life (one copy for all the group's workers where /dev/shm has
+  room: host_mirrors.py). Offloading an expert is re-pointing its tensors at their
   mirrors (free: the device copies go back to the caching allocator); onloading is one
   host-to-device copy per tensor on a side stream, into device memory allocated on the compute
   stream (so it reuses what the offloaded expert just freed), which the compute stream waits for
@@ -41,6 +42,7 @@ import torch
 from ..job import memory
 from ..job.settings import EXPERTS
 from . import layerwise_float8
+from .host_mirrors import PinnedArena, SharedArena
 from .layerwise_float8 import is_tensor_subclass
 from .loading import DualExperts
 
@@ -84,34 +86,6 @@ def copy_parts(dst: torch.Tensor, src: torch.Tensor, non_blocking: bool = False)
 
 def _empty_like(part: torch.Tensor, device: torch.device, pin: bool = False) -> torch.Tensor:
     return torch.empty_strided(part.size(), part.stride(), dtype=part.dtype, device=device, pin_memory=pin)
-
-
-class PinnedArena:
-    """Pinned host memory handed out in slices of large chunks. PyTorch's pinned allocator rounds
-    each allocation up to a power of two (up to 2x the host RAM for per-tensor mirrors); chunks of
-    a power-of-two size lose nothing but each chunk's unused tail."""
-
-    CHUNK_BYTES = memory.GIB
-    ALIGN = 512
-
-    def __init__(self) -> None:
-        self.chunks: list[torch.Tensor] = []
-        self.offset = 0
-
-    @property
-    def reserved_bytes(self) -> int:
-        return sum(chunk.numel() for chunk in self.chunks)
-
-    def take(self, part: torch.Tensor) -> torch.Tensor:
-        """A pinned contiguous tensor shaped like ``part`` (not filled)."""
-        size = part.numel() * part.element_size()
-        if not self.chunks or self.offset + size > self.chunks[-1].numel():
-            chunk_bytes = max(self.CHUNK_BYTES, 1 << (size - 1).bit_length())
-            self.chunks.append(torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=True))
-            self.offset = 0
-        piece = self.chunks[-1][self.offset:self.offset + size]
-        self.offset += -(-size // self.ALIGN) * self.ALIGN
-        return piece.view(part.dtype).view(part.shape) if size else torch.empty_like(part, device="cpu")
 
 
 @dataclass
@@ -196,7 +170,9 @@ class SwapResidency(Residency):
     plan = "swap"
 
     def __init__(self, experts: DualExperts, device: torch.device, *, dtype: str = "bf16", sp_degree: int = 1,
-                 streamed: Callable[[str, torch.nn.Module], bool] | None = None):
+                 streamed: Callable[[str, torch.nn.Module], bool] | None = None, arena: PinnedArena | None = None):
+        """``arena``: where the mirrors live (host_mirrors.py: a SharedArena for a group's workers);
+        default: this worker's own pinned chunks."""
         super().__init__()
         self.experts = experts
         self.device = torch.device(device)
@@ -204,56 +180,66 @@ class SwapResidency(Residency):
         self.side = torch.cuda.Stream(self.device) if self.cuda else None
         self.dtype, self.sp_degree = dtype, sp_degree
         self.quantized = layerwise_float8.has_subclass_weights(experts.high.modules())  # FP8: larger activations
-        self.arena = PinnedArena()
+        self.arena = arena or PinnedArena(pin=self.cuda)
         self.budget: int | None = None  # tests: a pretend device size (bytes); None: the real free memory
         self.running: str | None = None
         self.states: dict[str, ExpertState] = {}
         self.by_name: dict[str, dict[str, Slot]] = {}
+        slots = {expert: self._slots(experts.expert(expert), streamed) for expert in EXPERTS}
+        places = [self.arena.place(nbytes(part)) for expert in EXPERTS for slot in slots[expert]
+                  for part in plain_parts(slot.get()) if part.is_contiguous()]
+        self.arena.open()
+        self._mirror([slot for expert in EXPERTS for slot in slots[expert]], iter(places))
+        self.arena.filled()
         for expert in EXPERTS:
-            slots = self._mirror(experts.expert(expert), streamed)
-            self.states[expert] = ExpertState(slots, sum(nbytes(s.mirror) for s in slots if s.moved))
-            self.by_name[expert] = {slot.name: slot for slot in slots}
-            self.host_mirror_bytes += sum(nbytes(s.mirror) for s in slots)
+            self.states[expert] = ExpertState(slots[expert], sum(nbytes(s.mirror) for s in slots[expert] if s.moved))
+            self.by_name[expert] = {slot.name: slot for slot in slots[expert]}
+            self.host_mirror_bytes += sum(nbytes(s.mirror) for s in slots[expert])
         self.host_mirror_bytes = max(self.host_mirror_bytes, self.arena.reserved_bytes)  # with the chunks' tails
         self.onload("high", "load")
         self._ready("high")
-        log.info("residency %s: pinned host mirrors %.1f GiB (both experts); the high-noise expert on %s",
-                 self.plan, self.host_mirror_bytes / memory.GIB, self.device)
+        log.info("residency %s: host mirrors %.1f GiB (both experts), %s; the high-noise expert on %s", self.plan,
+                 self.host_mirror_bytes / memory.GIB, self._mirrors_held(), self.device)
+
+    def _mirrors_held(self) -> str:
+        pinned = "pinned" if self.cuda else "in host memory"
+        if self.arena.shared_by > 1:
+            return f"{pinned}, one copy shared by the group's {self.arena.shared_by} workers"
+        return f"{pinned} per worker"
 
     @property
     def notes(self) -> list[str]:
-        return [(f"residency {self.plan}: host mirrors {self.host_mirror_bytes / memory.GIB:.2f} GiB pinned per "
-                 f"worker; one expert ({self.states['high'].device_bytes / memory.GIB:.2f} GiB moved per swap) "
-                 "on the GPU at a time")]
+        return [(f"residency {self.plan}: host mirrors {self.host_mirror_bytes / memory.GIB:.2f} GiB "
+                 f"{self._mirrors_held()}; one expert ({self.states['high'].device_bytes / memory.GIB:.2f} GiB "
+                 "moved per swap) on the GPU at a time")]
 
     # setup
 
-    def _host_copy(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The pinned host mirror of ``tensor`` (on the CPU device: a separate copy)."""
-        def host(part: torch.Tensor) -> torch.Tensor:
-            if not self.cuda:
-                return part.clone()
-            if not part.is_contiguous():
-                return part.cpu().pin_memory()  # keeps its strides (none such in Wan's experts)
-            mirror = self.arena.take(part)
-            mirror.copy_(part)
-            return mirror
-
-        return rebuild(tensor.detach(), host)
-
-    def _mirror(self, module: torch.nn.Module, streamed) -> list[Slot]:
+    def _slots(self, module: torch.nn.Module, streamed) -> list[Slot]:
         slots = []
         for module_name, sub in module.named_modules():
             moved = streamed is None or not streamed(module_name, sub)
             entries = [("parameter", attr, p) for attr, p in sub._parameters.items() if p is not None]
             entries += [("buffer", attr, b) for attr, b in sub._buffers.items() if b is not None]
-            for kind, attr, tensor in entries:
+            for kind, attr, _ in entries:
                 name = f"{module_name}.{attr}" if module_name else attr
-                slot = Slot(sub, kind, attr, name, mirror=None, moved=moved)  # type: ignore[arg-type]
-                slot.mirror = self._host_copy(slot.get())
-                slot.set(slot.mirror)  # the loaded copy is freed: the mirror is the weight from now on
-                slots.append(slot)
+                slots.append(Slot(sub, kind, attr, name, mirror=None, moved=moved))  # type: ignore[arg-type]
         return slots
+
+    def _mirror(self, slots: list[Slot], places) -> None:
+        """Each slot's host mirror, in the placed slices (filled where this process writes them), made
+        the weight at once: the loaded copy is freed slot by slot (one copy at a time in host RAM)."""
+        def host(part: torch.Tensor) -> torch.Tensor:
+            if not part.is_contiguous():
+                return part.cpu().pin_memory() if self.cuda else part.clone()  # keeps its strides (none in Wan)
+            mirror = self.arena.view(next(places), part)
+            if self.arena.writes:
+                mirror.copy_(part)
+            return mirror
+
+        for slot in slots:
+            slot.mirror = rebuild(slot.get().detach(), host)
+            slot.set(slot.mirror)
 
     # moving
 
@@ -441,7 +427,7 @@ class StreamResidency(SwapResidency):
 
     @property
     def notes(self) -> list[str]:
-        return [(f"residency stream: host mirrors {self.host_mirror_bytes / memory.GIB:.2f} GiB pinned per worker; "
+        return [(f"residency stream: host mirrors {self.host_mirror_bytes / memory.GIB:.2f} GiB {self._mirrors_held()}; "
                  f"the running expert's block Linear layers ({self.streamed_bytes / memory.GIB:.2f} GiB) streamed "
                  f"per forward by cache-dit's layerwise offload ({memory.STREAM_PREFETCH_BLOCKS} blocks ahead), "
                  f"{self.states['high'].device_bytes / memory.GIB:.2f} GiB resident")]
@@ -463,10 +449,17 @@ class ShardResidency(Residency):
                 "ranks by cache-dit's tensor parallelism (no host copies)"]
 
 
-def make_residency(plan: str, experts: DualExperts, device: torch.device, *, dtype: str, sp_degree: int) -> Residency:
+def make_residency(plan: str, experts: DualExperts, device: torch.device, *, dtype: str, sp_degree: int,
+                   group=None) -> Residency:
+    """``group``: a gloo group of every worker of this host's group (None: one process), whose
+    swap / stream mirrors are then one shared copy (host_mirrors.SharedArena)."""
     if plan == "resident":
         return Residency()
     if plan == "shard":
         return ShardResidency(sp_degree)
+    import torch.distributed as dist
+
+    arena = SharedArena(group, register=device.type == "cuda") \
+        if group is not None and dist.get_world_size(group) > 1 else None
     kind = {"swap": SwapResidency, "stream": StreamResidency}[plan]
-    return kind(experts, device, dtype=dtype, sp_degree=sp_degree)
+    return kind(experts, device, dtype=dtype, sp_degree=sp_degree, arena=arena)

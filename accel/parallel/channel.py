@@ -61,14 +61,19 @@ def _raw(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1).view(torch.uint8)
 
 
-def _shared_room(size: int) -> bool:
-    """Whether /dev/shm takes ``size`` more bytes with room to spare (a container's may be 64 MB:
-    writing past a tmpfs's end would kill the writer with SIGBUS, so the socket is used instead)."""
+def shared_memory_free() -> int:
+    """Free bytes of /dev/shm that this user may write (0 where there is none)."""
     try:
         stats = os.statvfs(SHARED_MEMORY)
     except OSError:
-        return False
-    return os.access(SHARED_MEMORY, os.W_OK) and stats.f_bavail * stats.f_frsize >= 2 * size
+        return 0
+    return stats.f_bavail * stats.f_frsize if os.access(SHARED_MEMORY, os.W_OK) else 0
+
+
+def shared_room(size: int) -> bool:
+    """Whether /dev/shm takes ``size`` more bytes with room to spare (a container's may be 64 MB:
+    writing past a tmpfs's end would kill the writer with SIGBUS, so the socket is used instead)."""
+    return shared_memory_free() >= 2 * size
 
 
 def _write_shared(tensor: torch.Tensor) -> str:
@@ -113,7 +118,7 @@ def send(conn: Connection, message: Message) -> None:
     layout = []
     for name, tensor in tensors.items():
         entry = {"name": name, "dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(tensor.shape)}
-        if tensor.nbytes >= SHARED_MIN_BYTES and _shared_room(tensor.nbytes):
+        if tensor.nbytes >= SHARED_MIN_BYTES and shared_room(tensor.nbytes):
             entry["shared"] = _write_shared(tensor)
         layout.append(entry)
     conn.send_bytes(json.dumps({"kind": message.kind, "payload": message.payload, "tensors": layout}).encode())

@@ -76,7 +76,7 @@ class WorkerGroup:
         self._closed = False
         self._failed = False  # keep the workers' logs: the error message points at them
         self._job_running = False
-        self._last_latent: tuple[int | None, torch.Tensor | None, int | None] = (None, None, None)  # job, tensor, version
+        self._last_latent: tuple[int | None, torch.Tensor | None, torch.Tensor | None] = (None, None, None)  # job, it, copy
 
     # lifecycle
 
@@ -299,8 +299,9 @@ class WorkerGroup:
                     on_step(message.payload["step"], [StepRecord(**r) for r in message.payload["records"]])
             elif message.kind == "done":
                 latent = message.tensors["latent"]
-                # rank 0 keeps it too: a decode of this very tensor (unchanged) need not send it back
-                self._last_latent = (message.payload.get("job"), latent, latent._version)
+                # the workers keep it too: a decode of this very tensor, unchanged (ComfyUI's tensors
+                # are inference tensors, which keep no version counter: compared with a copy), is not sent back
+                self._last_latent = (message.payload.get("job"), latent, latent.clone())
                 return JobResult(latent=latent, trace=Trace.from_dict(message.payload["trace"]))
             elif message.kind == "cancelled":
                 raise JobCancelled(message.payload["message"])
@@ -316,8 +317,8 @@ class WorkerGroup:
         frames would not fit), every rank decodes a share of the tiles (cache-dit's DP decode). The
         latent of this group's last job, as it came back and unchanged since (the sampler's output
         wired straight to the decode), is decoded where the workers kept it: it is not sent again."""
-        job, kept, version = self._last_latent
-        if job is not None and latent is kept and latent._version == version:
+        job, kept, copy = self._last_latent
+        if job is not None and latent is kept and torch.equal(latent, copy):
             extra, tensors = {"latent_of_job": job}, {}
         else:
             extra, tensors = {}, {"latent": latent}

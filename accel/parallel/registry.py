@@ -15,6 +15,7 @@ from pathlib import Path
 from ..job import memory
 from ..job.settings import EngineOptions, LoraChain, ModelSpec
 from ..model.files import model_config_for
+from .channel import shared_memory_free
 from .group import WorkerGroup, group_key
 from .layout import ParallelLayout
 
@@ -31,7 +32,8 @@ def resolve_residency(spec: ModelSpec, layout: ParallelLayout, engine: EngineOpt
         return engine
     config = model_config_for(spec)
     tokens = memory.job_tokens(latent_shape, config["patch_size"]) if latent_shape is not None else 0
-    host = memory.HostBudget(host_available, layout.world) if host_available is not None and budgets else None
+    host = memory.HostBudget(host_available, layout.world, shared_memory_free()) \
+        if host_available is not None and budgets else None
     return memory.resolve_plan(engine, spec, config, tokens, layout.ulysses,
                                engine.ulysses_copy_engine and layout.devices is not None, budgets, host)
 

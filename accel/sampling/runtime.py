@@ -126,7 +126,8 @@ class Runtime:
         notes += set_attention_backend(runtime.experts, engine, device)
         runtime.engine_notes = notes + quantize_and_compile(runtime.experts, engine)
         apply_memory_fraction(device)  # here: a random preset is built on the device before (see _load_for)
-        runtime.residency = make_residency(plan, runtime.experts, device, dtype=spec.dtype, sp_degree=ulysses)
+        runtime.residency = make_residency(plan, runtime.experts, device, dtype=spec.dtype, sp_degree=ulysses,
+                                           group=topology.control)
         log.info("residency plan %s on %s", plan, device)
         return runtime
 

@@ -18,6 +18,7 @@ class Topology(Protocol):
 
     cfg_parallel: bool
     sp_group: object | None
+    control: object | None  # a gloo group of every worker (None: one process)
 
     def branches_here(self, branches: list[str]) -> list[str]: ...
 
@@ -31,6 +32,7 @@ class LocalTopology:
 
     cfg_parallel = False
     sp_group = None
+    control = None
 
     def branches_here(self, branches: list[str]) -> list[str]:
         return branches
