@@ -89,3 +89,14 @@ def test_files_a_dead_sender_left_are_removed():
     assert (channel.SHARED_MEMORY / name).exists()
     channel.remove_shared_files([os.getpid()])
     assert not (channel.SHARED_MEMORY / name).exists()
+
+
+def test_without_shared_memory_everything_goes_through_the_socket(monkeypatch):
+    from accel.parallel import channel
+
+    monkeypatch.delattr(channel.os, "statvfs", raising=False)  # as on Windows
+    assert channel.shared_memory_free() == 0 and not channel.shared_room(1)
+    monkeypatch.setattr(channel, "SHARED_MIN_BYTES", 16)
+    latent = torch.randn(2, 16, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    got = round_trip(Message("done", {}, {"latent": latent}))
+    assert torch.equal(got.tensors["latent"], latent)

@@ -31,7 +31,7 @@ from accel.sampling.runtime import Runtime
 
 
 def test_the_documented_presets_exist():
-    assert {"none", "sglang-fast", "sglang-dynamic", "balanced", "fp8"} <= set(list_presets())
+    assert {"none", "sglang-fast", "sglang-dynamic", "balanced", "fp8", "lightning"} <= set(list_presets())
 
 
 def test_sglang_dynamic_is_the_sglang_run():
@@ -61,7 +61,7 @@ def test_sglang_fast_preset_computes_exactly_the_mask():
     assert trace.summary()["computed"] == 36  # 18 steps x cond and uncond, with the default shift 12
 
 
-@pytest.mark.parametrize("name", ["none", "sglang-fast", "sglang-dynamic", "balanced", "fp8"])
+@pytest.mark.parametrize("name", ["none", "sglang-fast", "sglang-dynamic", "balanced", "fp8", "lightning"])
 def test_presets_round_trip(name, tmp_path):
     preset = load_preset(name)
     path = tmp_path / f"{name}.yaml"

@@ -62,10 +62,10 @@ def _raw(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def shared_memory_free() -> int:
-    """Free bytes of /dev/shm that this user may write (0 where there is none)."""
+    """Free bytes of /dev/shm that this user may write (0 where there is none: macOS, Windows)."""
     try:
         stats = os.statvfs(SHARED_MEMORY)
-    except OSError:
+    except (OSError, AttributeError):  # AttributeError: no statvfs on Windows
         return 0
     return stats.f_bavail * stats.f_frsize if os.access(SHARED_MEMORY, os.W_OK) else 0
 
