@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from safetensors.torch import load as load_tensors  # noqa: E402
 from safetensors.torch import save as save_tensors  # noqa: E402
 
+from accel import shared_memory  # noqa: E402
 from accel.parallel import channel  # noqa: E402
 from accel.parallel.channel import Message, connect, listen, receive, send  # noqa: E402
 from bench.common import device_name, markdown_table, write_results  # noqa: E402
@@ -66,7 +67,7 @@ def main() -> int:
             channel.SHARED_MIN_BYTES = threshold
 
     ways = {}
-    if channel.shared_room(frames.nbytes):
+    if shared_memory.shared_room(frames.nbytes):
         ways["channel, through a /dev/shm file"] = (lambda conn: send(conn, Message("frames", {}, {"frames": frames})),
                                                     receive)
     ways.update({

@@ -10,6 +10,7 @@ import threading
 import pytest
 import torch
 
+from accel import shared_memory
 from accel.parallel.channel import DTYPES, Message, connect, listen, receive, send
 
 
@@ -61,15 +62,15 @@ def test_a_header_with_another_dtype_is_refused():
 def test_large_tensors_pass_through_shared_memory_and_leave_no_file(monkeypatch):
     from accel.parallel import channel
 
-    if not channel.shared_room(64 << 20):
+    if not shared_memory.shared_room(64 << 20):
         pytest.skip("no room in /dev/shm here")
     monkeypatch.setattr(channel, "SHARED_MIN_BYTES", 1 << 20)
     frames = torch.rand(12, 64, 96, 3, generator=torch.Generator().manual_seed(1)).half()  # 442 KB: socket
     latent = torch.randn(1, 16, 9, 64, 64, generator=torch.Generator().manual_seed(2))  # 2.4 MB: shared
-    before = set(channel.SHARED_MEMORY.glob(f"{channel.SHARED_PREFIX}*"))
+    before = set(shared_memory.SHARED_MEMORY.glob(f"{shared_memory.SHARED_PREFIX}*"))
     got = round_trip(Message("frames", {}, {"frames": frames, "latent": latent}))
     assert torch.equal(got.tensors["frames"], frames) and torch.equal(got.tensors["latent"], latent)
-    assert set(channel.SHARED_MEMORY.glob(f"{channel.SHARED_PREFIX}*")) == before
+    assert set(shared_memory.SHARED_MEMORY.glob(f"{shared_memory.SHARED_PREFIX}*")) == before
     got.tensors["latent"].add_(1)  # the mapping is the receiver's own (copy on write)
 
 
@@ -83,19 +84,19 @@ def test_a_shared_file_name_outside_the_channels_own_is_refused(tmp_path):
 def test_files_a_dead_sender_left_are_removed():
     from accel.parallel import channel
 
-    if not channel.shared_room(1 << 20):
+    if not shared_memory.shared_room(1 << 20):
         pytest.skip("no room in /dev/shm here")
     name = channel._write_shared(torch.ones(4))
-    assert (channel.SHARED_MEMORY / name).exists()
-    channel.remove_shared_files([os.getpid()])
-    assert not (channel.SHARED_MEMORY / name).exists()
+    assert (shared_memory.SHARED_MEMORY / name).exists()
+    shared_memory.remove_shared_files([os.getpid()])
+    assert not (shared_memory.SHARED_MEMORY / name).exists()
 
 
 def test_without_shared_memory_everything_goes_through_the_socket(monkeypatch):
     from accel.parallel import channel
 
     monkeypatch.delattr(channel.os, "statvfs", raising=False)  # as on Windows
-    assert channel.shared_memory_free() == 0 and not channel.shared_room(1)
+    assert shared_memory.shared_memory_free() == 0 and not shared_memory.shared_room(1)
     monkeypatch.setattr(channel, "SHARED_MIN_BYTES", 16)
     latent = torch.randn(2, 16, 3, 4, 4, generator=torch.Generator().manual_seed(3))
     got = round_trip(Message("done", {}, {"latent": latent}))

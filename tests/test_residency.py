@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from helpers import FP8_READY, TINY, single_files, tiny_job
 
+from accel import shared_memory
 from accel.errors import UserInputError
 from accel.job import memory
 from accel.job.memory import GIB, MemoryNeed, choose_plan, expert_size
@@ -426,11 +427,10 @@ def shared_mirror_files(pid: int) -> set[str]:
 
 @pytest.mark.parametrize("plan", ["swap", "stream"])
 def test_a_groups_workers_share_one_host_copy_and_lora_changes_reach_it(plan, lora_model):
-    from accel.parallel import channel
     from accel.parallel.group import WorkerGroup
     from accel.parallel.layout import ParallelLayout
 
-    if not channel.shared_room(64 << 20) or not Path("/proc/self/maps").exists():
+    if not shared_memory.shared_room(64 << 20) or not Path("/proc/self/maps").exists():
         pytest.skip("needs room in /dev/shm and /proc")
     spec, (first, second) = lora_model
     resident = Runtime.load(spec)
@@ -444,7 +444,7 @@ def test_a_groups_workers_share_one_host_copy_and_lora_changes_reach_it(plan, lo
                    for note in ours.trace.info["notes"])
         files = [shared_mirror_files(proc.pid) for proc in group.procs]
         assert files[0] and files[0] == files[1]  # both ranks map the very same chunks
-    assert not list(channel.SHARED_MEMORY.glob(f"{channel.SHARED_PREFIX}*-mirror*"))  # nothing left behind
+    assert not list(shared_memory.SHARED_MEMORY.glob(f"{shared_memory.SHARED_PREFIX}*-mirror*"))  # nothing left behind
 
 
 def _shared_arena_rank(rank: int, port: int, out) -> None:
@@ -476,9 +476,8 @@ def test_cuda_shared_mirrors_are_page_locked_and_copy_to_the_gpu():
 
     import torch.multiprocessing as mp
 
-    from accel.parallel import channel
 
-    if not channel.shared_room(64 << 20):
+    if not shared_memory.shared_room(64 << 20):
         pytest.skip("no room in /dev/shm")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from ..job import memory
-from ..parallel.channel import SHARED_MEMORY, SHARED_PREFIX, shared_room
+from ..shared_memory import SHARED_MEMORY, SHARED_PREFIX, shared_room
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class SharedArena(PinnedArena):
                         "its own", sum(sizes) / memory.GIB)
             super().open()
             return
-        # named after rank 0's pid: the host removes what a dead rank 0 left (channel.remove_shared_files)
+        # named after rank 0's pid: the host removes what a dead rank 0 left (shared_memory.remove_shared_files)
         stem = [f"{SHARED_PREFIX}{os.getpid()}-mirror{secrets.token_hex(8)}" if self.rank == 0 else None]
         dist.broadcast_object_list(stem, src=dist.get_global_rank(self.group, 0), group=self.group)
         paths = [SHARED_MEMORY / f"{stem[0]}_{index}" for index in range(len(sizes))]

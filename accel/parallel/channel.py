@@ -10,7 +10,7 @@ host (bench/channel.py).
 Tensors of ``SHARED_MIN_BYTES`` or more skip the socket too where /dev/shm has room: the sender
 copies them (from the GPU or host memory) into a file there that only this user can read, the
 header names the file, and the receiver maps it and unlinks it (bench/channel.py: the 194 MB
-frames in a fraction of the socket's time). Host and rank 0 always share a machine.
+frames in 0.05 s instead of 0.31 s on the H200 host). Host and rank 0 always share a machine.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import secrets
 import tempfile
 from dataclasses import dataclass, field
 from multiprocessing.connection import Client, Connection, Listener
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..shared_memory import SHARED_MEMORY, SHARED_NAME, SHARED_PREFIX, shared_room
 
 DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in (
     torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
@@ -34,10 +34,7 @@ DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in (
 )}
 
 
-SHARED_MEMORY = Path("/dev/shm")
 SHARED_MIN_BYTES = 8 << 20
-SHARED_PREFIX = "cachedit-wan-"
-SHARED_NAME = re.compile(re.escape(SHARED_PREFIX) + r"[0-9]+-[A-Za-z0-9_]+")
 
 
 @dataclass
@@ -59,21 +56,6 @@ def connect(address: tuple[str, int], key: bytes) -> Connection:
 def _raw(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor's bytes, as a flat uint8 view (a 1-byte dtype's view of itself)."""
     return tensor.reshape(-1).view(torch.uint8)
-
-
-def shared_memory_free() -> int:
-    """Free bytes of /dev/shm that this user may write (0 where there is none: macOS, Windows)."""
-    try:
-        stats = os.statvfs(SHARED_MEMORY)
-    except (OSError, AttributeError):  # AttributeError: no statvfs on Windows
-        return 0
-    return stats.f_bavail * stats.f_frsize if os.access(SHARED_MEMORY, os.W_OK) else 0
-
-
-def shared_room(size: int) -> bool:
-    """Whether /dev/shm takes ``size`` more bytes with room to spare (a container's may be 64 MB:
-    writing past a tmpfs's end would kill the writer with SIGBUS, so the socket is used instead)."""
-    return shared_memory_free() >= 2 * size
 
 
 def _write_shared(tensor: torch.Tensor) -> str:
@@ -104,13 +86,6 @@ def _read_shared(name: str, dtype: torch.dtype, shape: list[int]) -> torch.Tenso
         return torch.from_file(str(path), shared=False, size=count, dtype=dtype).view(shape)
     finally:
         path.unlink(missing_ok=True)
-
-
-def remove_shared_files(pids: list[int]) -> None:
-    """Files that senders of these processes left behind (a receiver that died before reading)."""
-    for pid in pids:
-        for path in SHARED_MEMORY.glob(f"{SHARED_PREFIX}{pid}-*"):
-            path.unlink(missing_ok=True)
 
 
 def send(conn: Connection, message: Message) -> None:

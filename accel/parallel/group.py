@@ -29,7 +29,8 @@ from ..job.settings import (
 )
 from ..model.engine_check import check_engine, check_shard
 from ..model.files import model_config_for
-from .channel import Message, listen, receive, remove_shared_files, send
+from ..shared_memory import remove_shared_files
+from .channel import Message, listen, receive, send
 from .launch import free_port, start_worker, visible_devices, worker_python
 from .layout import ParallelLayout
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..job import memory
 from ..job.settings import EngineOptions, LoraChain, ModelSpec
 from ..model.files import model_config_for
-from .channel import shared_memory_free
+from ..shared_memory import shared_memory_free
 from .group import WorkerGroup, group_key
 from .layout import ParallelLayout
 
