@@ -119,6 +119,7 @@ def test_the_processors_use_it_and_the_job_stays_close(tmp_path):
     runtime = Runtime.load(spec, "cuda", EngineOptions(attention_backend="int8"))
     assert all(p.quantized_pv == "16bit"
                for p in self_attention_processors((runtime.experts.high, runtime.experts.low)))
+    assert any("low precision" in note and "relative error" in note for note in runtime.engine_notes)
     quantized = run_job(runtime, tiny_job(settings, latent_hw=(16, 16), frames=5))
     error = relative(quantized.latent, exact_run.latent)
     assert 0 < error < 0.05 and math.isfinite(error)

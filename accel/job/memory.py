@@ -261,8 +261,9 @@ def choose_plan(requested: str, need: MemoryNeed, budgets: Mapping[str, int],
         raise UserInputError(
             f"this prompt fits the GPUs only with weights offloaded to host memory ('{last}': "
             f"{host.copies(need.host[last])} x {need.host[last] / GIB:.1f} GiB of pinned host RAM), and the host has "
-            f"{host.available / GIB:.1f} GiB available. Free host RAM, use fewer GPUs per group, or give the "
-            "Ulysses group 2+ GPUs (residency shard splits the weights over them)")
+            f"{host.available / GIB:.1f} GiB available. Free host RAM, use fewer GPUs per group, give the "
+            "Ulysses group 2+ GPUs (residency shard splits the weights over them), or force residency "
+            f"'{last}' to try anyway")
     raise UserInputError(
         f"this prompt ({need.tokens:,} tokens, {need.tokens_per_rank:,} per GPU) fits no residency plan: the "
         f"smallest, '{last}' (blocks streamed from host memory), needs about {least / GIB:.1f} GiB of free GPU "

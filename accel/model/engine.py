@@ -14,7 +14,7 @@ from ..job.settings import ATTENTION_BACKENDS, QUANTIZED_ATTENTION, EngineOption
 from . import engine_check
 from .attention import self_attention_processors
 from .loading import DualExperts
-from .quantized_attention import unavailable_reason
+from .quantized_attention import MEASURED, unavailable_reason
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ def compile_block_ops(engine: EngineOptions, device: torch.device) -> bool:
 
 
 def set_attention_backend(experts: DualExperts, engine: EngineOptions, device: torch.device) -> list[str]:
-    """Returns notes for the decision table: a quantized kernel that cannot run here and why."""
+    """Returns notes for the decision table: the quantized kernel with its measured error, or why
+    it cannot run here."""
     from cache_dit.attention import set_attn_backend
 
     name = ATTENTION_BACKENDS[engine.attention_backend][0]
@@ -47,7 +48,8 @@ def set_attention_backend(experts: DualExperts, engine: EngineOptions, device: t
         return [f"attention_backend {engine.attention_backend}: {reason}"]
     for processor in self_attention_processors((experts.high, experts.low)):
         processor.quantized_pv = pv
-    return []
+    return [f"attention_backend {engine.attention_backend}: the pack's quantized self-attention, low precision "
+            f"({MEASURED[pv]} on an H200)"]
 
 
 def _bf16_for_per_row(module: torch.nn.Module, quant_type: str) -> list[str]:
