@@ -442,6 +442,7 @@ def test_a_groups_workers_share_one_host_copy_and_lora_changes_reach_it(plan, lo
             assert [d[:4] for d in decisions(ours)] == [d[:4] for d in decisions(expected)]
         assert any("host mirrors" in note and "one copy shared by the group's 2 workers" in note
                    for note in ours.trace.info["notes"])
+        assert any("rank 0 reads the files" in note for note in ours.trace.info["notes"])
         files = [shared_mirror_files(proc.pid) for proc in group.procs]
         assert files[0] and files[0] == files[1]  # both ranks map the very same chunks
     assert not list(shared_memory.SHARED_MEMORY.glob(f"{shared_memory.SHARED_PREFIX}*-mirror*"))  # nothing left behind
@@ -491,3 +492,17 @@ def test_cuda_shared_mirrors_are_page_locked_and_copy_to_the_gpu():
     for proc in procs:
         proc.join(timeout=30)
     assert results == [(0, 2, True, True), (1, 2, True, True)]
+
+
+def test_the_random_presets_share_one_copy_too(resident_runs):
+    """No files: rank 0 builds the experts from the seed, rank 1 builds them empty and maps its copy."""
+    from accel.parallel.group import WorkerGroup
+    from accel.parallel.layout import ParallelLayout
+
+    if not shared_memory.shared_room(64 << 20):
+        pytest.skip("needs room in /dev/shm")
+    with WorkerGroup(TINY, ParallelLayout(ulysses=2), EngineOptions(residency="swap")) as group:
+        ours = group.run(tiny_job(settings()))
+    expected, _ = resident_runs
+    assert torch.allclose(ours.latent, expected.latent, rtol=1e-5, atol=1e-6)
+    assert [d[:4] for d in decisions(ours)] == [d[:4] for d in decisions(expected)]

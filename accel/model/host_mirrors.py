@@ -8,7 +8,9 @@
   instead of 228 GB). The group's first rank fills the mirrors; on GPUs every rank registers the
   mapping with CUDA (page-locked, as the pinned allocator's chunks). The files are unlinked once
   every rank has mapped them: nothing is left behind, whatever becomes of the group. Where
-  /dev/shm has no room (a container's 64 MB), every rank falls back to its own pinned chunks.
+  /dev/shm has no room (a container's 64 MB), every rank keeps its own pinned chunks
+  (``share_decision``, taken before the experts load: with a shared copy the other ranks load
+  their experts empty and read no weights at all).
 
 Both lay the mirrors out in two passes: ``place`` every tensor, ``open`` the chunks, ``view`` each
 tensor in the same order; so every rank computes the same layout without a message.
@@ -76,28 +78,44 @@ class PinnedArena:
         """Every mirror written: from here on any rank may read them."""
 
 
+def share_decision(group, nbytes: int) -> bool:
+    """Whether a group's workers keep one shared copy of ``nbytes`` of mirrors: two workers or more
+    and room in /dev/shm on every rank (decided alike on all ranks, before anything is loaded)."""
+    if group is None or dist.get_world_size(group) < 2:
+        return False
+    room = torch.tensor([int(shared_room(nbytes))])
+    dist.all_reduce(room, op=dist.ReduceOp.MIN, group=group)
+    if not room.item():
+        log.warning("residency: /dev/shm has no room for %.1f GiB of shared host mirrors: each worker pins its own",
+                    nbytes / memory.GIB)
+    return bool(room.item())
+
+
 class SharedArena(PinnedArena):
-    """One set of chunks for the whole group (``group``: a gloo group of all its ranks)."""
+    """One set of chunks for the whole group (``group``: a gloo group of all its ranks), made where
+    ``share_decision`` said so. Ranks other than the first may hold their experts empty (meta):
+    they never read their own weights, only the first rank's copy."""
 
     def __init__(self, group, register: bool) -> None:
         super().__init__(pin=register)
         self.group = group
         self.rank = dist.get_rank(group)
         self.register = register
+        self.shared_by = dist.get_world_size(group)
 
     @property
     def writes(self) -> bool:
-        return self.shared_by == 1 or self.rank == 0
+        return self.rank == 0
 
     def open(self) -> None:
         sizes = list(self.used)  # exact: a file has no allocator to round for
-        room = torch.tensor([int(shared_room(sum(sizes)))])
-        dist.all_reduce(room, op=dist.ReduceOp.MIN, group=self.group)  # every rank decides alike
-        if not room.item():
-            log.warning("residency: /dev/shm has no room for %.1f GiB of shared host mirrors: each worker pins "
-                        "its own", sum(sizes) / memory.GIB)
-            super().open()
-            return
+        layout = torch.tensor([len(sizes), sum(sizes)], dtype=torch.int64)
+        low, high = layout.clone(), layout.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN, group=self.group)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.group)
+        if not torch.equal(low, high):  # every rank must read the chunks as rank 0 wrote them
+            raise RuntimeError(f"the group's workers laid out their host mirrors differently (chunks, bytes from "
+                               f"{low.tolist()} to {high.tolist()})")
         # named after rank 0's pid: the host removes what a dead rank 0 left (shared_memory.remove_shared_files)
         stem = [f"{SHARED_PREFIX}{os.getpid()}-mirror{secrets.token_hex(8)}" if self.rank == 0 else None]
         dist.broadcast_object_list(stem, src=dist.get_global_rank(self.group, 0), group=self.group)
@@ -116,14 +134,12 @@ class SharedArena(PinnedArena):
         if self.rank == 0:
             for path in paths:
                 path.unlink()  # the mappings stay
-        self.shared_by = dist.get_world_size(self.group)
         if self.register:
             for chunk in self.chunks:
                 _page_lock(chunk)
 
     def filled(self) -> None:
-        if self.shared_by > 1:
-            dist.barrier(group=self.group)  # rank 0's copies are done before any rank reads
+        dist.barrier(group=self.group)  # rank 0's copies are done before any rank reads
 
 
 def _page_lock(chunk: torch.Tensor) -> None:

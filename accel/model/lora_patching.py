@@ -119,9 +119,11 @@ class LoraPatcher:
         self.patched: dict[str, set[str]] = {expert: set() for expert in EXPERTS}
         self.notes: list[str] = []  # keys the chain's files have that match no weight
 
-    def apply(self, chain: LoraChain, *, quantized: bool) -> None:
+    def apply(self, chain: LoraChain, *, quantized: bool, write: bool = True) -> None:
         """Make ``chain`` the merged one. ``quantized``: the FP8 Quantize node's quantization has
-        run, so an unpatched weight is no longer the loaded value and is read back too."""
+        run, so an unpatched weight is no longer the loaded value and is read back too.
+        ``write=False``: the weights are empty here (a worker whose host copy rank 0 fills and
+        merges): the chain is planned and recorded, nothing is written."""
         if chain == self.chain:
             return
         if self.weights is None and self.chain:
@@ -137,6 +139,9 @@ class LoraPatcher:
             log.info("%s", note)
         self.chain = None  # until every weight is written: a failure part-way is repaired by the next apply
         for expert, (params, patches, _) in planned.items():
+            if not write:
+                self.patched[expert] = set(patches)
+                continue
             before = self.patched[expert]
             self.patched[expert] = before | set(patches)  # may differ from the loaded weights from here on
             with torch.no_grad():

@@ -108,9 +108,10 @@ class Slot:
     def set(self, tensor: torch.Tensor) -> None:
         if self.kind == "buffer":
             self.module._buffers[self.attr] = tensor
-        elif is_tensor_subclass(tensor):
-            # ``param.data = x`` does not take for a wrapper subclass: the parameter keeps its own
-            # inner tensors (torchao Float8Tensor's qdata and scale). A new Parameter does.
+        elif is_tensor_subclass(tensor) or self.module._parameters[self.attr].is_meta:
+            # ``param.data = x`` does not take for a wrapper subclass (the parameter keeps its own
+            # inner tensors: torchao Float8Tensor's qdata and scale), nor for an empty (meta)
+            # parameter of a worker that maps rank 0's host copy. A new Parameter does.
             self.module._parameters[self.attr] = torch.nn.Parameter(tensor, requires_grad=False)
         else:
             self.module._parameters[self.attr].data = tensor
@@ -450,16 +451,13 @@ class ShardResidency(Residency):
 
 
 def make_residency(plan: str, experts: DualExperts, device: torch.device, *, dtype: str, sp_degree: int,
-                   group=None) -> Residency:
-    """``group``: a gloo group of every worker of this host's group (None: one process), whose
-    swap / stream mirrors are then one shared copy (host_mirrors.SharedArena)."""
+                   shared_group=None) -> Residency:
+    """``shared_group``: the gloo group of every worker, whose swap / stream mirrors are one shared
+    copy (host_mirrors.share_decision said so); None: this worker's own."""
     if plan == "resident":
         return Residency()
     if plan == "shard":
         return ShardResidency(sp_degree)
-    import torch.distributed as dist
-
-    arena = SharedArena(group, register=device.type == "cuda") \
-        if group is not None and dist.get_world_size(group) > 1 else None
+    arena = SharedArena(shared_group, register=device.type == "cuda") if shared_group is not None else None
     kind = {"swap": SwapResidency, "stream": StreamResidency}[plan]
     return kind(experts, device, dtype=dtype, sp_degree=sp_degree, arena=arena)

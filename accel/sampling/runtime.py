@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 
 from ..caching.contexts import ExpertCaches
 from ..job import memory
@@ -19,6 +20,7 @@ from ..model.engine import (
 from ..model.engine_check import check_engine, check_shard
 from ..model.files import model_config_for
 from ..model.fused_block import fuse_block_ops
+from ..model.host_mirrors import share_decision
 from ..model.loading import DualExperts, load_experts
 from ..model.lora_patching import LoraPatcher
 from ..model.residency import Residency, make_residency
@@ -31,6 +33,10 @@ log = logging.getLogger(__name__)
 # inside the compiled blocks, so such a job would fail in its first forward.
 STREAM_FP8_COMPILE_NOTE = ("compile is off under the 'stream' plan with FP8 weights (torch.compile cannot trace the "
                            "streamed float8 weights yet): the blocks run eager, measured 0.99x resident FP8 eager")
+SHARED_NOTE = ("host RAM: one copy of both experts for the whole group (rank 0 reads the files; the other workers "
+               "build their experts empty and map its copy)")
+SHARED_QUANTIZED_NOTE = ("host RAM: one copy of both experts for the whole group (every worker reads and quantizes "
+                         "its weights, then keeps only rank 0's copy)")
 SHARD_COMPILE_NOTE = ("compile is off under the 'shard' plan (the blocks' DTensor layers are not compiled yet): the "
                       "blocks run eager")
 
@@ -115,21 +121,32 @@ class Runtime:
             engine = dataclasses.replace(engine, compile=False)
             notes.append(off)
             log.warning("%s", off)
-        experts = _load_for(plan, spec, device)
+        shared = plan in ("swap", "stream") and share_decision(topology.control, mirror_bytes(spec, engine))
+        empty = shared and dist.get_rank(topology.control) != 0 and not memory.weights_quantized(engine, spec)
+        if shared:
+            notes.append(SHARED_NOTE if not memory.weights_quantized(engine, spec) else SHARED_QUANTIZED_NOTE)
+        experts = load_experts(spec, torch.device("meta")) if empty else _load_for(plan, spec, device)
         compiled = compile_block_ops(engine, device)
         for module in (experts.high, experts.low):  # before any hook wraps a block's forward
             fuse_block_ops(module, compiled=compiled)
         runtime = cls(experts, device, engine, topology)
-        runtime.loras.apply(loras, quantized=False)  # before quantization: float8 layers get merged weights
+        # before quantization: float8 layers get merged weights; empty experts: rank 0 merges the shared copy
+        runtime.loras.apply(loras, quantized=False, write=not empty)
         if parallelize is not None:
             parallelize(runtime.experts)
         notes += set_attention_backend(runtime.experts, engine, device)
         runtime.engine_notes = notes + quantize_and_compile(runtime.experts, engine)
         apply_memory_fraction(device)  # here: a random preset is built on the device before (see _load_for)
         runtime.residency = make_residency(plan, runtime.experts, device, dtype=spec.dtype, sp_degree=ulysses,
-                                           group=topology.control)
+                                           shared_group=topology.control if shared else None)
         log.info("residency plan %s on %s", plan, device)
         return runtime
+
+
+def mirror_bytes(spec: ModelSpec, engine: EngineOptions) -> int:
+    """Both experts' host mirrors (the estimate job/memory.py makes the plan with)."""
+    size = memory.expert_size(model_config_for(spec))
+    return 2 * size.bytes(memory.DTYPE_BYTES[spec.dtype], memory.weights_quantized(engine, spec))
 
 
 def _load_for(plan: str, spec: ModelSpec, device: torch.device) -> DualExperts:
@@ -155,6 +172,4 @@ def _sp_degree(topology: Topology) -> int:
     group = getattr(topology, "sp_group", None)
     if group is None:
         return 1
-    import torch.distributed as dist
-
     return dist.get_world_size(group)
