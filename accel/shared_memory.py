@@ -25,10 +25,15 @@ def shared_memory_free() -> int:
     return stats.f_bavail * stats.f_frsize if os.access(SHARED_MEMORY, os.W_OK) else 0
 
 
+def takes(size: int, free: int) -> bool:
+    """Whether ``size`` more bytes fit in ``free`` bytes of /dev/shm with room to spare (a container's
+    may be 64 MB: writing past a tmpfs's end would kill the writer with SIGBUS)."""
+    return free >= 2 * size
+
+
 def shared_room(size: int) -> bool:
-    """Whether /dev/shm takes ``size`` more bytes with room to spare (a container's may be 64 MB:
-    writing past a tmpfs's end would kill the writer with SIGBUS, so the callers do without)."""
-    return shared_memory_free() >= 2 * size
+    """``takes`` for /dev/shm as it is now; where not, the callers do without it."""
+    return takes(size, shared_memory_free())
 
 
 def remove_shared_files(pids: list[int]) -> None:

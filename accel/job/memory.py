@@ -55,6 +55,7 @@ from typing import Any
 import torch
 
 from ..errors import UserInputError
+from ..shared_memory import takes
 from .settings import RESIDENCY_PLANS, EngineOptions, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,11 @@ def activation_bytes(config: Mapping[str, Any], dtype: str, tokens_per_rank: int
     return math.ceil(tokens_per_rank * width * DTYPE_BYTES[dtype] * factor)
 
 
+def mirror_bytes(config: Mapping[str, Any], dtype: str, quantized: bool) -> int:
+    """Both experts' host mirrors under swap / stream (one set per worker, or one per group)."""
+    return 2 * expert_size(config).bytes(DTYPE_BYTES[dtype], quantized)
+
+
 @dataclass(frozen=True)
 class MemoryNeed:
     """What the job asks of each rank's GPU and of the host per worker, per plan (bytes). A plan
@@ -180,7 +186,8 @@ class MemoryNeed:
         streamed = size.resident_bytes_when_streamed(dtype_bytes) \
             + STREAM_BLOCKS_IN_FLIGHT * size.streamed_block_bytes(dtype_bytes, quantized)
         peaks = {"resident": 2 * expert + common, "swap": expert + common, "stream": streamed + common}
-        host = {"resident": 0, "swap": 2 * expert, "stream": 2 * expert}
+        mirrors = mirror_bytes(config, dtype, quantized)
+        host = {"resident": 0, "swap": mirrors, "stream": mirrors}
         if ulysses > 1 and not quantized:  # tensor parallel over the same ranks (bf16 weights): 1/N of the Linears
             shard = math.ceil(size.linear_bytes(dtype_bytes, quantized) / ulysses) \
                 + size.resident_bytes_when_streamed(dtype_bytes)
@@ -229,7 +236,7 @@ class HostBudget:
     shared_free: int = 0
 
     def copies(self, mirror_bytes: int) -> int:
-        return 1 if self.workers > 1 and 2 * mirror_bytes <= self.shared_free else self.workers
+        return 1 if self.workers > 1 and takes(mirror_bytes, self.shared_free) else self.workers
 
 
 def fits(plan: str, need: MemoryNeed, budgets: Mapping[str, int], host: HostBudget | None) -> bool:

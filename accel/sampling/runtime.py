@@ -112,19 +112,21 @@ class Runtime:
         ulysses = _sp_degree(topology)
         engine = resolve_in_process(engine, spec, device, ulysses, tokens)
         plan = engine.residency
+        quantized = memory.weights_quantized(engine, spec)
         notes = []
         if plan == "shard":
             check_shard(engine, spec, ulysses if parallelize is not None else 1)
-        off = {"stream": STREAM_FP8_COMPILE_NOTE if memory.weights_quantized(engine, spec) else None,
+        off = {"stream": STREAM_FP8_COMPILE_NOTE if quantized else None,
                "shard": SHARD_COMPILE_NOTE}.get(plan)
         if engine.compile and off:
             engine = dataclasses.replace(engine, compile=False)
             notes.append(off)
             log.warning("%s", off)
-        shared = plan in ("swap", "stream") and share_decision(topology.control, mirror_bytes(spec, engine))
-        empty = shared and dist.get_rank(topology.control) != 0 and not memory.weights_quantized(engine, spec)
+        shared = plan in ("swap", "stream") and share_decision(
+            topology.control, memory.mirror_bytes(model_config_for(spec), spec.dtype, quantized))
+        empty = shared and dist.get_rank(topology.control) != 0 and not quantized
         if shared:
-            notes.append(SHARED_NOTE if not memory.weights_quantized(engine, spec) else SHARED_QUANTIZED_NOTE)
+            notes.append(SHARED_QUANTIZED_NOTE if quantized else SHARED_NOTE)
         experts = load_experts(spec, torch.device("meta")) if empty else _load_for(plan, spec, device)
         compiled = compile_block_ops(engine, device)
         for module in (experts.high, experts.low):  # before any hook wraps a block's forward
@@ -141,12 +143,6 @@ class Runtime:
                                            shared_group=topology.control if shared else None)
         log.info("residency plan %s on %s", plan, device)
         return runtime
-
-
-def mirror_bytes(spec: ModelSpec, engine: EngineOptions) -> int:
-    """Both experts' host mirrors (the estimate job/memory.py makes the plan with)."""
-    size = memory.expert_size(model_config_for(spec))
-    return 2 * size.bytes(memory.DTYPE_BYTES[spec.dtype], memory.weights_quantized(engine, spec))
 
 
 def _load_for(plan: str, spec: ModelSpec, device: torch.device) -> DualExperts:
