@@ -200,15 +200,18 @@ def copy_engine_for(group: dist.ProcessGroup, device: torch.device, timeout: tim
     """An exchange over ``group`` if every rank of it can map its peers' memory; otherwise (no P2P
     between these GPUs, no symmetric memory in this PyTorch) None: NCCL's all-to-all. The ranks
     decide together: one rank on copies and one on NCCL would wait for each other forever."""
-    exchange, error = None, None
+    exchange, reason = None, None
     try:
         exchange = CopyEngineExchange(group, device, timeout)
         exchange._buffer("probe", dist.get_world_size(group), torch.float32)
     except (RuntimeError, ImportError, AttributeError, OSError) as failure:
-        error = failure
-    usable = torch.tensor([int(error is None)], device=device)
+        # Only the message is kept: the exception's traceback would hold this frame, and with it
+        # the process group, in a reference cycle past destroy_process_group (gloo then aborts
+        # the process at exit).
+        exchange, reason = None, str(failure)
+    usable = torch.tensor([int(reason is None)], device=device)
     dist.all_reduce(usable, op=dist.ReduceOp.MIN, group=group)
     if not usable.item():
-        log.warning("Ulysses all-to-all through NCCL: copy engines unavailable (%s)", error or "on another rank")
+        log.warning("Ulysses all-to-all through NCCL: copy engines unavailable (%s)", reason or "on another rank")
         return None
     return exchange
