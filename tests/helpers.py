@@ -3,10 +3,14 @@ single files (fp8_scaled too), and PSNR for decoded frames."""
 
 from __future__ import annotations
 
+import gc
 import importlib
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from accel.job.job import Job
 from accel.job.settings import JobSettings, ModelSpec, SamplerSettings
@@ -31,6 +35,21 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Peak signal-to-noise ratio (dB) of frames in [0, 1], in float64."""
     mse = torch.mean((a.double() - b.double()) ** 2).item()
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def gloo_rank(rank: int, port: int, work: Callable[..., Any], queue, *args: Any) -> None:
+    """A spawned rank of 2 on gloo: puts ``work(rank, *args)`` on ``queue``. The group is left once
+    what used it is freed: gloo's thread frees a collective's last tensors, and if Python is
+    shutting down by then, the process aborts."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    queue.put(work(rank, *args))
+    gc.collect()
+    dist.destroy_process_group()
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """Relative L2 error, in float32."""
+    return float((got.float() - expected.float()).norm() / expected.float().norm())
 
 
 def sub(pack, module: str):

@@ -8,7 +8,6 @@ rank to NCCL. On a GPU, the pitched copies are checked against torch's strided c
 
 from __future__ import annotations
 
-import socket
 import types
 from datetime import timedelta
 
@@ -16,6 +15,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import gloo_rank
+
+from accel.parallel.launch import free_port
 
 
 class FakeExchange:
@@ -28,25 +30,15 @@ class FakeExchange:
         return None
 
 
-def _rank(rank: int, port: int, mappable: list[bool], queue) -> None:
-    import torch
-
+def _choose(rank: int, mappable: list[bool]) -> tuple[int, bool, bool]:
     import accel.parallel.ulysses.copy_engine as copy_engine
     from accel.parallel.ulysses.processor import UlyssesSelfAttention
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     if mappable[rank]:
         copy_engine.CopyEngineExchange = FakeExchange
     exchange = copy_engine.copy_engine_for(dist.group.WORLD, torch.device("cpu"), timedelta(seconds=30))
     attention = UlyssesSelfAttention(dist.group.WORLD, copy_engine=exchange)
-    queue.put((rank, exchange is not None, attention.copies is not None))
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return rank, exchange is not None, attention.copies is not None
 
 
 @pytest.mark.parametrize("mappable, expected", [
@@ -57,7 +49,7 @@ def _free_port() -> int:
 def test_ranks_choose_the_transport_together(mappable, expected):
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
-    mp.start_processes(_rank, args=(_free_port(), mappable, queue), nprocs=2, start_method="spawn")
+    mp.start_processes(gloo_rank, args=(free_port(), _choose, queue, mappable), nprocs=2, start_method="spawn")
     results = sorted(queue.get() for _ in range(2))
     assert results == [(0, expected, expected), (1, expected, expected)]
 

@@ -3,6 +3,7 @@ ranks, the similarity patch, faults, cancel, warm reuse."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, tiny_job
+from helpers import FP8_READY, TINY, relative_error, single_files, tiny_job
 
 from accel.errors import JobCancelled, UserInputError, WorkerGroupError
 from accel.job.scm import build_scm
@@ -26,7 +27,7 @@ from accel.job.settings import (
     ModelSpec,
     SamplerSettings,
 )
-from accel.model.loading import save_random_experts
+from accel.model.loading import load_experts, save_random_experts
 from accel.parallel.group import WorkerGroup
 from accel.parallel.layout import ParallelLayout
 from accel.parallel.registry import WorkerGroupRegistry
@@ -108,9 +109,37 @@ def test_sharded_weights_decide_and_sample_as_one_process(four_heads, layout):
         assert any("split over 2 ranks" in note for note in sharded.trace.info["notes"])
 
 
-def test_shard_is_refused_without_a_sequence_parallel_group_or_with_quantized_weights():
-    import dataclasses
+@pytest.fixture(scope="module")
+def fp8_four_heads(tmp_path_factory):
+    """A tiny fp8_scaled pair with 4 heads (widths FP8 takes, also split in two), used as stored."""
+    folder = tmp_path_factory.mktemp("shard-fp8")
+    experts = load_experts(dataclasses.replace(
+        save_random_experts(folder / "dir", num_attention_heads=4, **FP8_READY), dtype="bf16"))
+    return dataclasses.replace(single_files(folder, experts, fp8_scaled=True), fp8_scaled="as_stored")
 
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_sharded_fp8_weights_decide_and_sample_as_resident_fp8(fp8_four_heads, compile):
+    """FP8 weights as stored, split with their scales over 2 ranks: the row-wise layers quantize
+    their input parts with the whole input's scale, so the result is resident FP8's to rounding;
+    the split blocks also compile."""
+    job = tiny_job(cached(policy="dynamic"))
+    single = run_job(Runtime.load(fp8_four_heads), job)
+    with WorkerGroup(fp8_four_heads, ParallelLayout(ulysses=2), EngineOptions(residency="shard", compile=compile)) as group:
+        sharded = group.run(job)
+    assert [d[:4] for d in decisions(sharded.trace)] == [d[:4] for d in decisions(single.trace)]
+    # bf16 rounding of the partial sums, which FP8 re-quantization downstream magnifies: measured
+    # 0.7% on the latent and 3% on a residual diff here, where the same split of this model in
+    # bf16 gives 0.4% and 1% against bf16 resident, and bf16 resident is 0.9% from FP8 resident
+    for got, expected in zip(decisions(sharded.trace), decisions(single.trace)):
+        assert got[4] is None or got[4] == pytest.approx(expected[4], rel=6e-2)
+    assert relative_error(sharded.latent, single.latent) < 1.5e-2
+    assert any(r.decision == "cache" for r in sharded.trace.records)
+    assert any("FP8 layers per expert, split with their scales" in note for note in sharded.trace.info["notes"])
+    assert (sharded.trace.info["compile_s"] > 0) == compile
+
+
+def test_shard_is_refused_without_a_sequence_parallel_group_or_with_block_scaled_weights():
     from accel.job.settings import QuantSettings
     from accel.model.engine_check import check_shard
 
@@ -118,10 +147,13 @@ def test_shard_is_refused_without_a_sequence_parallel_group_or_with_quantized_we
         WorkerGroup(TINY, ParallelLayout(cfg=2), EngineOptions(residency="shard")).check()
     with pytest.raises(UserInputError, match="Ulysses degree of 2 or more"):
         Runtime.load(TINY, "cpu", EngineOptions(residency="shard"))
+    for kind in ("float8_per_block", "int8_weight_only"):
+        with pytest.raises(UserInputError, match=f"per row or per tensor .*not {kind}"):
+            check_shard(EngineOptions(residency="shard", quantize=QuantSettings(kind)), TINY, ulysses=2)
     for engine, spec in ((EngineOptions(residency="shard", quantize=QuantSettings("float8_per_row")), TINY),
-                         (EngineOptions(residency="shard"), dataclasses.replace(TINY, dtype="bf16", fp8_scaled="as_stored"))):
-        with pytest.raises(UserInputError, match="bf16 weights"):
-            check_shard(engine, spec, ulysses=2)
+                         (EngineOptions(residency="shard", quantize=QuantSettings("int8_weight_only")),
+                          dataclasses.replace(TINY, dtype="bf16", fp8_scaled="as_stored"))):
+        check_shard(engine, spec, ulysses=2)  # as stored: the file's per-tensor FP8, the quant type not applied
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, tiny_job
+from helpers import TINY, relative_error, tiny_job
 
 from accel.job.settings import EngineOptions, JobSettings, SamplerSettings
 from accel.model.attention import self_attention_processors
@@ -52,10 +52,6 @@ def exact(q, k, v):
         *(t.transpose(1, 2).float() for t in (q, k, v))).transpose(1, 2)
 
 
-def relative(a, b) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
-
-
 def test_on_the_cpu_exact_attention_runs_and_the_decision_table_says_why():
     runtime = Runtime.load(TINY, "cpu", EngineOptions(attention_backend="int8_fp8"))
     assert not any(p.quantized_pv for p in self_attention_processors((runtime.experts.high, runtime.experts.low)))
@@ -88,11 +84,12 @@ def test_the_kernels_compute_attention_in_tritons_interpreter(tmp_path):
         "import sys, torch\n"
         f"sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
         "from accel.model.quantized_attention import Tiles, quantized_attention\n"
-        "from test_quantized_attention import exact, relative, wan_like\n"
+        "from helpers import relative_error\n"
+        "from test_quantized_attention import exact, wan_like\n"
         "q, k, v = (t.float() for t in wan_like(200, 2, 64, 'cpu'))\n"
         "v = v.transpose(1, 2).contiguous().transpose(1, 2)  # strided values\n"
         "out = quantized_attention(q, k, v, pv='16bit', tiles=Tiles(64, 64, 4, 1))\n"
-        "print(relative(out, exact(q, k, v)), tuple(out.shape))\n")
+        "print(relative_error(out, exact(q, k, v)), tuple(out.shape))\n")
     done = subprocess.run([sys.executable, str(script)], env={**os.environ, "TRITON_INTERPRET": "1"},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -107,7 +104,7 @@ def test_close_to_exact_attention_on_wan_like_inputs(pv, tokens):
     q, k, v = wan_like(tokens, 4, 128, "cuda")
     out = quantized_attention(q, k, v, pv=pv)
     assert out.shape == q.shape and out.dtype == torch.bfloat16
-    assert relative(out, exact(q, k, v)) < BOUNDS[pv]
+    assert relative_error(out, exact(q, k, v)) < BOUNDS[pv]
     assert torch.equal(out, quantized_attention(q, k, v, pv=pv))  # deterministic: ranks decide alike
 
 
@@ -121,5 +118,5 @@ def test_the_processors_use_it_and_the_job_stays_close(tmp_path):
                for p in self_attention_processors((runtime.experts.high, runtime.experts.low)))
     assert any("low precision" in note and "relative error" in note for note in runtime.engine_notes)
     quantized = run_job(runtime, tiny_job(settings, latent_hw=(16, 16), frames=5))
-    error = relative(quantized.latent, exact_run.latent)
+    error = relative_error(quantized.latent, exact_run.latent)
     assert 0 < error < 0.05 and math.isfinite(error)

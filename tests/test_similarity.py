@@ -4,12 +4,13 @@ sums over the sequence-parallel group only, so each rank gets the diff one proce
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import gloo_rank
+
+from accel.parallel.launch import free_port
 
 
 class Context:
@@ -43,12 +44,11 @@ def one_process_diff(t1: torch.Tensor, t2: torch.Tensor) -> float:
     return float((t1 - t2).abs().sum(dtype=torch.float64) / t1.abs().sum(dtype=torch.float64))
 
 
-def _rank(rank: int, port: int, layout: str, queue) -> None:
+def _diffs(rank: int, layout: str) -> tuple:
     from cache_dit.caching.cache_contexts.cache_manager import CachedContextManager
 
     from accel.caching.similarity import SP_GROUP_ATTR, group_similarity
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     own = [dist.new_group([0]), dist.new_group([1])][rank]
     if layout == "cfg2":  # each rank one branch of the whole sequence; its SP group is itself
         t1, t2 = residuals(rank, 12)
@@ -62,20 +62,13 @@ def _rank(rank: int, port: int, layout: str, queue) -> None:
     CachedContextManager.similarity(unpatched, t1, t2, threshold=0.5, parallelized=True)
     setattr(patched, SP_GROUP_ATTR, sp_group)
     group_similarity(patched, t1, t2, threshold=0.5, parallelized=True)
-    queue.put((rank, expected, unpatched.diffs[0], patched.diffs[0]))
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return rank, expected, unpatched.diffs[0], patched.diffs[0]
 
 
 @pytest.mark.parametrize("layout", ["cfg2", "uneven-ulysses2"])
 def test_patched_similarity_is_the_one_process_diff_where_cache_dits_is_not(layout):
     queue = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(_rank, args=(_free_port(), layout, queue), nprocs=2, start_method="spawn")
+    mp.start_processes(gloo_rank, args=(free_port(), _diffs, queue, layout), nprocs=2, start_method="spawn")
     for rank, expected, unpatched, patched in sorted(queue.get() for _ in range(2)):
         assert patched == pytest.approx(expected, rel=1e-6), rank
         assert unpatched != pytest.approx(expected, rel=1e-3), rank

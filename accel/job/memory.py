@@ -188,7 +188,7 @@ class MemoryNeed:
         peaks = {"resident": 2 * expert + common, "swap": expert + common, "stream": streamed + common}
         mirrors = mirror_bytes(config, dtype, quantized)
         host = {"resident": 0, "swap": mirrors, "stream": mirrors}
-        if ulysses > 1 and not quantized:  # tensor parallel over the same ranks (bf16 weights): 1/N of the Linears
+        if ulysses > 1:  # tensor parallel over the same ranks: 1/N of the Linears
             shard = math.ceil(size.linear_bytes(dtype_bytes, quantized) / ulysses) \
                 + size.resident_bytes_when_streamed(dtype_bytes)
             peaks["shard"] = 2 * shard + activation_bytes(config, dtype, tokens, quantized) + OVERHEAD_BYTES

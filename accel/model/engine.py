@@ -64,14 +64,14 @@ def _bf16_for_per_row(module: torch.nn.Module, quant_type: str) -> list[str]:
     return names
 
 
-def stored_fp8_linears(module: torch.nn.Module) -> int:
-    """Linear layers whose weights are already float8 (an fp8_scaled file used as stored)."""
+def float8_linears(module: torch.nn.Module) -> int:
+    """Linear layers whose weights are float8 (an fp8_scaled file used as stored, or quantized)."""
     from torchao.quantization import Float8Tensor
 
     return sum(isinstance(sub.weight, Float8Tensor) for sub in module.modules() if isinstance(sub, torch.nn.Linear))
 
 
-def quantize_and_compile(experts: DualExperts, engine: EngineOptions) -> list[str]:
+def quantize_experts(experts: DualExperts, engine: EngineOptions) -> list[str]:
     """Returns notes for the decision table (what was applied where it differs from the request)."""
     notes = []
     if engine.quantize is not None:
@@ -80,7 +80,7 @@ def quantize_and_compile(experts: DualExperts, engine: EngineOptions) -> list[st
 
         quantized = []
         for name, module in (("high", experts.high), ("low", experts.low)):
-            already = stored_fp8_linears(module)
+            already = float8_linears(module)
             if already:
                 notes.append(f"{name}-noise expert: {already} Linear layers already FP8 from the fp8_scaled file "
                              f"(used as stored); {engine.quantize.quant_type} was not applied on top")
@@ -92,12 +92,15 @@ def quantize_and_compile(experts: DualExperts, engine: EngineOptions) -> list[st
             quantized.append(cache_dit.quantize(module, quantize_config=config))
         experts.high, experts.low = quantized
         log.info("quantization %s: %s", engine.quantize.quant_type, "; ".join(notes) or "both experts")
+    return notes
+
+
+def compile_experts(experts: DualExperts, engine: EngineOptions) -> None:
     if engine.compile:
         # Compile each repeated transformer block, not the loop: cached steps run fewer
         # blocks and the two experts share the block code, so neither recompiles.
         for module in (experts.high, experts.low):
             module.compile_repeated_blocks()
-    return notes
 
 
 def compile_seconds() -> float:

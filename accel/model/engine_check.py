@@ -11,6 +11,9 @@ from ..errors import UserInputError
 from ..job.settings import ATTENTION_BACKENDS, EngineOptions, ModelSpec
 
 FP8_MIN_CAPABILITY = (8, 9)
+# The quantizations whose scales a tensor-parallel split keeps whole (accel/parallel/tensor_parallel.py):
+# per output row or per tensor, the input's per token or per tensor (1x128 / 128x128 blocks are not split yet).
+SHARD_QUANT_TYPES = ("float8_per_row", "float8_per_tensor", "float8_weight_only")
 TRITON_HINT = "install Triton (it comes with torch's CUDA wheels on Linux; on Windows: pip install triton-windows)"
 
 
@@ -51,12 +54,10 @@ def check_engine(engine: EngineOptions, spec: ModelSpec, device: torch.device | 
 
 def check_shard(engine: EngineOptions, spec: ModelSpec, ulysses: int) -> None:
     """What residency "shard" (cache-dit's tensor parallelism over the sequence-parallel group) takes."""
-    from ..job.memory import weights_quantized
-
     if ulysses < 2:
         raise UserInputError("residency 'shard' splits the weights over the GPUs of a sequence-parallel group: it "
                              "needs a Ulysses degree of 2 or more (2+ GPUs, CFG parallel off or 4+ GPUs)")
-    if weights_quantized(engine, spec):
-        raise UserInputError("residency 'shard' takes bf16 weights for now: drop the quantization (FP8 Quantize, the "
-                             "preset's quantize_config) and load fp8_scaled files dequantized, or choose resident, "
-                             "swap or stream")
+    kind = engine.quantize.quant_type if engine.quantize is not None else None
+    if kind not in (None, *SHARD_QUANT_TYPES) and spec.fp8_scaled != "as_stored":  # as stored: kind is not applied
+        raise UserInputError(f"residency 'shard' splits FP8 weights scaled per row or per tensor "
+                             f"({', '.join(SHARD_QUANT_TYPES)}), not {kind}: choose one of them, or resident, swap or stream")

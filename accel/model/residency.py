@@ -440,14 +440,16 @@ class ShardResidency(Residency):
 
     plan = "shard"
 
-    def __init__(self, sp_degree: int) -> None:
+    def __init__(self, sp_degree: int, float8_layers: int) -> None:
         super().__init__()
         self.sp_degree = sp_degree
+        self.float8_layers = float8_layers
 
     @property
     def notes(self) -> list[str]:
-        return [f"residency shard: both experts on the GPUs, the blocks' Linear weights split over {self.sp_degree} "
-                "ranks by cache-dit's tensor parallelism (no host copies)"]
+        weights = f"({self.float8_layers} FP8 layers per expert, split with their scales)" if self.float8_layers else "(bf16)"
+        return [f"residency shard: both experts on the GPUs, the blocks' Linear weights {weights} split over "
+                f"{self.sp_degree} ranks by cache-dit's tensor-parallel plan for Wan (no host copies)"]
 
 
 def make_residency(plan: str, experts: DualExperts, device: torch.device, *, dtype: str, sp_degree: int,
@@ -457,7 +459,9 @@ def make_residency(plan: str, experts: DualExperts, device: torch.device, *, dty
     if plan == "resident":
         return Residency()
     if plan == "shard":
-        return ShardResidency(sp_degree)
+        from .engine import float8_linears
+
+        return ShardResidency(sp_degree, float8_linears(experts.high))
     arena = SharedArena(shared_group, register=device.type == "cuda") if shared_group is not None else None
     kind = {"swap": SwapResidency, "stream": StreamResidency}[plan]
     return kind(experts, device, dtype=dtype, sp_degree=sp_degree, arena=arena)

@@ -6,6 +6,7 @@ ComfyUI and never needs to know the name ComfyUI gave the pack.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -216,7 +217,8 @@ def main() -> int:
     key = bytes.fromhex(os.environ.pop("ACCEL_CHANNEL_KEY", ""))
     conn = connect(("127.0.0.1", config.channel_port), key) if config.rank == 0 else None
     try:
-        Worker(config, conn).serve()
+        worker = Worker(config, conn)
+        worker.serve()
     except Exception as error:  # noqa: BLE001 (report anything, then die: the host tears the group down)
         traceback.print_exc()
         if conn is not None:
@@ -227,5 +229,9 @@ def main() -> int:
                 pass
         sys.stderr.flush()
         os._exit(1)
+    # The experts' hooks and processors hold the groups: freed first, so that no collective's
+    # tensors are left for gloo's thread to free while Python shuts down (that aborts the process).
+    del worker
+    gc.collect()
     dist.destroy_process_group()
     return 0

@@ -14,7 +14,8 @@ from ..job import memory
 from ..job.settings import EXPERTS, RANDOM_SOURCES, EngineOptions, LoraChain, ModelSpec
 from ..model.engine import (
     compile_block_ops,
-    quantize_and_compile,
+    compile_experts,
+    quantize_experts,
     set_attention_backend,
 )
 from ..model.engine_check import check_engine, check_shard
@@ -37,8 +38,6 @@ SHARED_NOTE = ("host RAM: one copy of both experts for the whole group (rank 0 r
                "build their experts empty and map its copy)")
 SHARED_QUANTIZED_NOTE = ("host RAM: one copy of both experts for the whole group (every worker reads and quantizes "
                          "its weights, then keeps only rank 0's copy)")
-SHARD_COMPILE_NOTE = ("compile is off under the 'shard' plan (the blocks' DTensor layers are not compiled yet): the "
-                      "blocks run eager")
 
 
 def apply_memory_fraction(device: torch.device) -> None:
@@ -99,8 +98,8 @@ class Runtime:
              parallelize: Callable[[DualExperts], None] | None = None,
              topology: Topology | None = None, loras: LoraChain = (), tokens: int = 0) -> "Runtime":
         """Load the experts, fuse their blocks' elementwise ops, attach cache hooks, merge the LoRA
-        chain, then (in cache-dit's order) parallelism, attention backend, quantization and compile;
-        last, place the weights by the residency plan. Under swap and stream the experts load into
+        chain, then (in cache-dit's order) parallelism, attention backend, quantization and compile
+        (shard: quantization before the split); last, place the weights by the residency plan. Under swap and stream the experts load into
         host memory and everything up to quantization runs there (cache-dit's torchao quantization
         takes CPU modules when CUDA is present); then both get pinned host mirrors and the
         high-noise expert goes to the device. ``tokens``: the job size, only for an "auto" plan
@@ -116,12 +115,10 @@ class Runtime:
         notes = []
         if plan == "shard":
             check_shard(engine, spec, ulysses if parallelize is not None else 1)
-        off = {"stream": STREAM_FP8_COMPILE_NOTE if quantized else None,
-               "shard": SHARD_COMPILE_NOTE}.get(plan)
-        if engine.compile and off:
+        if engine.compile and plan == "stream" and quantized:
             engine = dataclasses.replace(engine, compile=False)
-            notes.append(off)
-            log.warning("%s", off)
+            notes.append(STREAM_FP8_COMPILE_NOTE)
+            log.warning("%s", STREAM_FP8_COMPILE_NOTE)
         shared = plan in ("swap", "stream") and share_decision(
             topology.control, memory.mirror_bytes(model_config_for(spec), spec.dtype, quantized))
         empty = shared and dist.get_rank(topology.control) != 0 and not quantized
@@ -134,10 +131,18 @@ class Runtime:
         runtime = cls(experts, device, engine, topology)
         # before quantization: float8 layers get merged weights; empty experts: rank 0 merges the shared copy
         runtime.loras.apply(loras, quantized=False, write=not empty)
+        # shard quantizes the whole weights, then splits them with their scales: each rank holds
+        # its part of what resident computes with (per-part scales would differ)
+        split_first = plan != "shard"
+        if not split_first:
+            notes += quantize_experts(runtime.experts, engine)
         if parallelize is not None:
             parallelize(runtime.experts)
         notes += set_attention_backend(runtime.experts, engine, device)
-        runtime.engine_notes = notes + quantize_and_compile(runtime.experts, engine)
+        if split_first:
+            notes += quantize_experts(runtime.experts, engine)
+        compile_experts(runtime.experts, engine)
+        runtime.engine_notes = notes
         apply_memory_fraction(device)  # here: a random preset is built on the device before (see _load_for)
         runtime.residency = make_residency(plan, runtime.experts, device, dtype=spec.dtype, sp_degree=ulysses,
                                            shared_group=topology.control if shared else None)
