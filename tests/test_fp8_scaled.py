@@ -193,14 +193,8 @@ def test_fp8_mode_yields_the_stored_bytes(tmp_path, original):
     assert not isinstance(state["head.head.weight"], Fp8Weight)
 
 
-def test_iter_state_reads_one_tensor_at_a_time(tmp_path, monkeypatch):
-    # A few MB: eight 512x512 block weights (fp8) and their fp32 biases.
-    state = {}
-    for i in range(8):
-        state[f"blocks.{i}.ffn.0.weight"] = torch.randn(512, 512, dtype=torch.bfloat16)
-        state[f"blocks.{i}.ffn.0.bias"] = torch.randn(512)
-    path = write(tmp_path, state)
-    info = info_of(path)
+def counted_reads(monkeypatch) -> list[str]:
+    """The keys of the tensors the loader reads from here on (``safe_open`` wrapped)."""
     reads: list[str] = []
 
     class CountingHandle:
@@ -209,6 +203,9 @@ def test_iter_state_reads_one_tensor_at_a_time(tmp_path, monkeypatch):
 
         def keys(self):
             return self.handle.keys()
+
+        def get_slice(self, key):
+            return self.handle.get_slice(key)
 
         def get_tensor(self, key):
             reads.append(key)
@@ -225,6 +222,37 @@ def test_iter_state_reads_one_tensor_at_a_time(tmp_path, monkeypatch):
             return self.context.__exit__(*exc)
 
     monkeypatch.setattr(fp8_scaled, "safe_open", CountingOpen)
+    return reads
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp8"])
+def test_an_empty_expert_comes_from_the_header_alone(tmp_path, monkeypatch, mode):
+    """On the meta device (a worker that maps rank 0's host copy) the stream yields the same keys,
+    shapes and dtypes as on the CPU, and reads no tensor."""
+    state = {"blocks.0.ffn.0.weight": torch.randn(64, 32, dtype=torch.bfloat16), "blocks.0.ffn.0.bias": torch.randn(64),
+             "head.head.weight": torch.randn(16, 64, dtype=torch.bfloat16)}
+    path = write(tmp_path, state)
+    info = info_of(path)
+
+    def layout(stream):
+        return {key: [(tuple(t.shape), t.dtype) for t in (value if isinstance(value, Fp8Weight) else (value,))]
+                for key, value in stream}
+
+    loaded = layout(iter_state(path, info, mode, torch.bfloat16))
+    reads = counted_reads(monkeypatch)
+    assert layout(iter_state(path, info, mode, torch.bfloat16, "meta")) == loaded
+    assert reads == []
+
+
+def test_iter_state_reads_one_tensor_at_a_time(tmp_path, monkeypatch):
+    # A few MB: eight 512x512 block weights (fp8) and their fp32 biases.
+    state = {}
+    for i in range(8):
+        state[f"blocks.{i}.ffn.0.weight"] = torch.randn(512, 512, dtype=torch.bfloat16)
+        state[f"blocks.{i}.ffn.0.bias"] = torch.randn(512)
+    path = write(tmp_path, state)
+    info = info_of(path)
+    reads = counted_reads(monkeypatch)
     stream = iter_state(path, info, "bf16", torch.bfloat16)
     assert inspect.isgenerator(stream) and reads == []  # nothing read before the first tensor is asked for
     seen = 0

@@ -450,6 +450,24 @@ def test_a_groups_workers_share_one_host_copy_and_lora_changes_reach_it(plan, lo
     assert not list(shared_memory.SHARED_MEMORY.glob(f"{shared_memory.SHARED_PREFIX}*-mirror*"))  # nothing left behind
 
 
+def test_fp8_weights_as_stored_are_shared_with_rank_0_alone_reading_them(fp8_files):
+    """fp8_scaled as stored under swap, CFG parallel on 2 ranks: the second worker builds its
+    float8 experts empty and maps the first's copy, scales included."""
+    from accel.parallel.group import WorkerGroup
+    from accel.parallel.layout import ParallelLayout
+
+    if not shared_memory.shared_room(64 << 20) or not Path("/proc/self/maps").exists():
+        pytest.skip("needs room in /dev/shm and /proc")
+    job = tiny_job(settings())
+    expected = run_job(Runtime.load(fp8_files), job)
+    with WorkerGroup(fp8_files, ParallelLayout(cfg=2), EngineOptions(residency="swap")) as group:
+        ours = group.run(job)
+        files = [shared_mirror_files(proc.pid) for proc in group.procs]
+    assert decisions(ours) == decisions(expected) and torch.allclose(ours.latent, expected.latent, rtol=1e-5, atol=1e-6)
+    assert any("rank 0 reads the files" in note for note in ours.trace.info["notes"])
+    assert files[0] and files[0] == files[1]
+
+
 def _shared_arena(rank: int) -> tuple[int, int, bool, bool]:
     import torch.distributed as dist
 

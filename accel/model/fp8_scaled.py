@@ -397,7 +397,7 @@ def _bias_storage(info: Fp8ScaledInfo | None, key: str) -> torch.dtype | None:
 
 def _plain(handle: Any, path: Path, file_key: str, key: str, dtype: torch.dtype, device: torch.device,
            keep_fp32: Callable[[str], bool] | None, storage: torch.dtype | None = None) -> torch.Tensor:
-    tensor = _get(handle, path, file_key)
+    tensor = _get(handle, path, file_key, device)
     if storage is not None:
         tensor = tensor.to(storage)
     if tensor.is_floating_point() and not (keep_fp32 is not None and tensor.dtype == torch.float32 and keep_fp32(key)):
@@ -407,15 +407,21 @@ def _plain(handle: Any, path: Path, file_key: str, key: str, dtype: torch.dtype,
 
 def _fp8_layer(handle: Any, path: Path, layer: Fp8Layer, mode: str, dtype: torch.dtype,
                device: torch.device) -> torch.Tensor | Fp8Weight:
-    qdata = _get(handle, path, layer.weight_key).to(device)
-    scale = _scale(_get(handle, path, layer.scale_key), path, layer).to(device)
+    qdata = _get(handle, path, layer.weight_key, device).to(device)
+    raw = _get(handle, path, layer.scale_key, device)
+    scale = raw.to(torch.float32).reshape(()) if raw.is_meta else _scale(raw, path, layer).to(device)
     if mode == "fp8" and qdata.ndim == 2:
         return Fp8Weight(qdata, scale)
     return dequantize(qdata, scale, dtype)
 
 
-def _get(handle: Any, path: Path, key: str) -> torch.Tensor:
+def _get(handle: Any, path: Path, key: str, device: torch.device | None = None) -> torch.Tensor:
+    """The tensor as stored; on the meta device (an empty expert, for a worker that maps rank 0's
+    host copy) only its shape and dtype, from the header: nothing is read."""
     try:
+        if device is not None and device.type == "meta":
+            view = handle.get_slice(key)
+            return torch.empty(view.get_shape(), dtype=_ST_TORCH_DTYPES[view.get_dtype()], device="meta")
         return handle.get_tensor(key)
     except Exception as error:  # safetensors raises its own error types
         raise UserInputError(f"{path}: could not read tensor {key}: {error}") from error
@@ -637,6 +643,7 @@ _ST_DTYPES = {
     torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64", torch.int32: "I32",
     torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
 }
+_ST_TORCH_DTYPES = {name: dtype for dtype, name in _ST_DTYPES.items()}
 
 
 def _write_safetensors(path: Path, plan: list[tuple[str, torch.dtype, tuple[int, ...], Callable[[], torch.Tensor]]],

@@ -121,9 +121,11 @@ class Runtime:
             log.warning("%s", STREAM_FP8_COMPILE_NOTE)
         shared = plan in ("swap", "stream") and share_decision(
             topology.control, memory.mirror_bytes(model_config_for(spec), spec.dtype, quantized))
-        empty = shared and dist.get_rank(topology.control) != 0 and not quantized
+        # an fp8_scaled file's float8 weights come as stored: empty ones take rank 0's as well;
+        # the FP8 Quantize node's are computed from each worker's own bf16 weights first
+        empty = shared and dist.get_rank(topology.control) != 0 and engine.quantize is None
         if shared:
-            notes.append(SHARED_QUANTIZED_NOTE if quantized else SHARED_NOTE)
+            notes.append(SHARED_NOTE if engine.quantize is None else SHARED_QUANTIZED_NOTE)
         experts = load_experts(spec, torch.device("meta")) if empty else _load_for(plan, spec, device)
         compiled = compile_block_ops(engine, device)
         for module in (experts.high, experts.low):  # before any hook wraps a block's forward
