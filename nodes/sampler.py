@@ -111,7 +111,7 @@ def sampler_inputs() -> list:
                                "running expert (the other in host RAM, copied in at the switch); stream: the running "
                                "expert's blocks streamed from host RAM (cards smaller than one expert); shard: both experts "
                                "on the GPUs, their blocks split over the Ulysses group's GPUs by tensor parallelism "
-                               "(2+ GPUs; bf16, or FP8 per row or per tensor; no host RAM copies)"),
+                               "(2+ GPUs; bf16, or FP8 per row or per tensor; host RAM only while loading)"),
     ]
     return [*model, *sampling, *parallel, *engine, *handles]
 

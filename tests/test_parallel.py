@@ -17,6 +17,7 @@ import pytest
 import torch
 from helpers import FP8_READY, TINY, relative_error, single_files, tiny_job
 
+from accel import shared_memory
 from accel.errors import JobCancelled, UserInputError, WorkerGroupError
 from accel.job.scm import build_scm
 from accel.job.settings import (
@@ -106,7 +107,10 @@ def test_sharded_weights_decide_and_sample_as_one_process(four_heads, layout):
         assert all(r.ranks_agreed for r in sharded.trace.records)
         assert any(r.decision == "cache" for r in sharded.trace.records)
         assert sharded.trace.info["residency"]["plan"] == "shard"
-        assert any("split over 2 ranks" in note for note in sharded.trace.info["notes"])
+        notes = sharded.trace.info["notes"]
+        assert any("split over 2 ranks" in note for note in notes)
+        # where /dev/shm has room, the group loads one host copy and every worker takes its share of it
+        assert any("takes its share from that copy" in note for note in notes) == shared_memory.shared_room(64 << 20)
 
 
 @pytest.fixture(scope="module")

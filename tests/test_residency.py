@@ -395,19 +395,22 @@ def test_shard_splits_the_linear_weights_and_needs_no_host_copies(quantized):
     activations_gap = memory.activation_bytes(A14B_CONFIG, "bf16", A14B_TOKENS_640, quantized) \
         - memory.activation_bytes(A14B_CONFIG, "bf16", two.tokens_per_rank, quantized)  # all tokens on every rank
     assert two.peaks["resident"] - two.peaks["shard"] == saved - activations_gap
-    assert two.host["shard"] == two.host["resident"] == 0 and two.host["swap"] == two.host["stream"] > 25 * GIB
+    assert two.host["resident"] == 0 and two.host["swap"] == two.host["stream"] > 25 * GIB
+    assert two.host["shard"] == two.host["swap"]  # both experts whole in host RAM while a worker loads them
 
 
-def test_auto_takes_shard_where_the_host_cannot_pin_a_copy_per_worker():
+def test_host_ram_decides_between_a_shared_copy_and_none_fitting():
     need = MemoryNeed.estimate(A14B_CONFIG, "bf16", False, A14B_TOKENS_640, ulysses=2)
     gpus = {"GPU 0": 40 * GIB, "GPU 1": 40 * GIB}  # swap fits the GPUs
     assert choose_plan("auto", need, gpus, memory.HostBudget(512 * GIB, workers=2)).plan == "swap"
-    small_host = memory.HostBudget(64 * GIB, workers=2)  # two workers x 57 GiB of mirrors do not fit
-    choice = choose_plan("auto", need, gpus, small_host)
-    assert choice.plan == "shard" and choice.fits
     shared = memory.HostBudget(64 * GIB, workers=2, shared_free=128 * GIB)  # one copy in /dev/shm: fits
     assert choose_plan("auto", need, gpus, shared).plan == "swap" and "host RAM 1 x" in choose_plan(
         "auto", need, gpus, shared).reason()
+    small_host = memory.HostBudget(64 * GIB, workers=2)  # no /dev/shm room: two workers x 57 GiB do not fit
+    assert not memory.fits("shard", need, gpus, small_host)  # its load holds each worker's own whole experts
+    with pytest.raises(UserInputError, match="pinned host RAM") as error:
+        choose_plan("auto", need, gpus, small_host)
+    assert "2 x 53.2 GiB" in str(error.value) and "/dev/shm" in str(error.value)
     one_gpu = MemoryNeed.estimate(A14B_CONFIG, "bf16", False, A14B_TOKENS_640)
     with pytest.raises(UserInputError, match="pinned host RAM") as error:
         choose_plan("auto", one_gpu, {"GPU 0": 24 * GIB}, memory.HostBudget(32 * GIB, workers=1))

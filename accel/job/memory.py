@@ -74,6 +74,7 @@ OVERHEAD_BYTES = 2 * GIB
 STREAM_PREFETCH_BLOCKS = 2
 STREAM_BLOCKS_IN_FLIGHT = STREAM_PREFETCH_BLOCKS + 2
 HOST_SHARE = 0.9  # of the host's available memory the pinned mirrors may take (the rest: ComfyUI, page cache)
+SHAREABLE_HOST_PLANS = ("swap", "stream", "shard")  # whose host copies a group's workers share (model/host_mirrors.py)
 
 
 def memory_fraction(environ: Mapping[str, str] = os.environ) -> float | None:
@@ -171,7 +172,9 @@ class MemoryNeed:
     peaks: dict[str, int]
     tokens: int
     tokens_per_rank: int
-    host: dict[str, int] = dataclasses.field(default_factory=dict)  # pinned host mirrors per worker
+    # host RAM per worker, or for the group where its workers share one copy: swap / stream's pinned
+    # mirrors, shard's whole experts while the workers take their shares of them
+    host: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def estimate(cls, config: Mapping[str, Any], dtype: str, quantized: bool, tokens: int, ulysses: int = 1,
@@ -192,7 +195,7 @@ class MemoryNeed:
             shard = math.ceil(size.linear_bytes(dtype_bytes, quantized) / ulysses) \
                 + size.resident_bytes_when_streamed(dtype_bytes)
             peaks["shard"] = 2 * shard + activation_bytes(config, dtype, tokens, quantized) + OVERHEAD_BYTES
-            host["shard"] = 0
+            host["shard"] = mirrors
         return cls(peaks=peaks, tokens=tokens, tokens_per_rank=per_rank, host=host)
 
 
@@ -218,7 +221,7 @@ class PlanChoice:
             text += f"; usable: {free}"
         mirrors = self.need.host.get(self.plan, 0)
         if self.host is not None and mirrors:
-            text += (f"; host RAM {self.host.copies(mirrors)} x {mirrors / GIB:.1f} GiB of "
+            text += (f"; host RAM {self.host.copies(self.plan, mirrors)} x {mirrors / GIB:.1f} GiB of "
                      f"{self.host.available / GIB:.1f} GiB available")
         if self.forced and not self.fits:
             text += " (the estimate exceeds it: may run out of memory)"
@@ -235,15 +238,16 @@ class HostBudget:
     workers: int
     shared_free: int = 0
 
-    def copies(self, mirror_bytes: int) -> int:
-        return 1 if self.workers > 1 and takes(mirror_bytes, self.shared_free) else self.workers
+    def copies(self, plan: str, host_bytes: int) -> int:
+        shared = plan in SHAREABLE_HOST_PLANS and self.workers > 1 and takes(host_bytes, self.shared_free)
+        return 1 if shared else self.workers
 
 
 def fits(plan: str, need: MemoryNeed, budgets: Mapping[str, int], host: HostBudget | None) -> bool:
     if budgets and need.peaks[plan] > min(budgets.values()):
         return False
     mirrors = need.host.get(plan, 0)
-    return host is None or mirrors * host.copies(mirrors) <= host.available * HOST_SHARE
+    return host is None or mirrors * host.copies(plan, mirrors) <= host.available * HOST_SHARE
 
 
 def choose_plan(requested: str, need: MemoryNeed, budgets: Mapping[str, int],
@@ -267,10 +271,9 @@ def choose_plan(requested: str, need: MemoryNeed, budgets: Mapping[str, int],
     if least <= smallest and host is not None:
         raise UserInputError(
             f"this prompt fits the GPUs only with weights offloaded to host memory ('{last}': "
-            f"{host.copies(need.host[last])} x {need.host[last] / GIB:.1f} GiB of pinned host RAM), and the host has "
-            f"{host.available / GIB:.1f} GiB available. Free host RAM, use fewer GPUs per group, give the "
-            "Ulysses group 2+ GPUs (residency shard splits the weights over them), or force residency "
-            f"'{last}' to try anyway")
+            f"{host.copies(last, need.host[last])} x {need.host[last] / GIB:.1f} GiB of pinned host RAM), and the host "
+            f"has {host.available / GIB:.1f} GiB available. Free host RAM, use fewer GPUs per group, give /dev/shm "
+            f"room for one shared copy ({need.host[last] / GIB:.1f} GiB), or force residency '{last}' to try anyway")
     raise UserInputError(
         f"this prompt ({need.tokens:,} tokens, {need.tokens_per_rank:,} per GPU) fits no residency plan: the "
         f"smallest, '{last}' (blocks streamed from host memory), needs about {least / GIB:.1f} GiB of free GPU "

@@ -35,7 +35,7 @@ DEFAULT_QUANT_EXCLUDES = ("embedder", "embed", "modulation", "mod")  # cache-dit
 # both on the GPU; only the running one (the other in pinned host memory, swapped at the switch);
 # the running one's transformer blocks streamed from host memory ahead of use; both on the GPUs,
 # the blocks' Linear weights split over the sequence-parallel group by cache-dit's tensor-parallel
-# plan instead of Ulysses (accel/parallel/tensor_parallel.py; no host copies; not yet measured on
+# plan instead of Ulysses (accel/parallel/tensor_parallel.py; no host copy kept; not yet measured on
 # GPUs, so last). "auto" is resolved on the host before the group starts
 # (accel/job/memory.py), from free GPU memory, free host memory and the job's tokens.
 RESIDENCY_PLANS = ("resident", "swap", "stream", "shard")

@@ -117,6 +117,43 @@ class Slot:
             self.module._parameters[self.attr].data = tensor
 
 
+def _slots(module: torch.nn.Module, streamed: Callable[[str, torch.nn.Module], bool] | None) -> list[Slot]:
+    slots = []
+    for module_name, sub in module.named_modules():
+        moved = streamed is None or not streamed(module_name, sub)
+        entries = [("parameter", attr, p) for attr, p in sub._parameters.items() if p is not None]
+        entries += [("buffer", attr, b) for attr, b in sub._buffers.items() if b is not None]
+        for kind, attr, _ in entries:
+            name = f"{module_name}.{attr}" if module_name else attr
+            slots.append(Slot(sub, kind, attr, name, mirror=None, moved=moved))  # type: ignore[arg-type]
+    return slots
+
+
+def host_copy(experts: DualExperts, arena: PinnedArena,
+              streamed: Callable[[str, torch.nn.Module], bool] | None = None) -> dict[str, list[Slot]]:
+    """Every parameter and buffer of both experts moved into ``arena``'s chunks (filled where this
+    process writes them: a shared arena's first rank) and made the weight at once, slot by slot:
+    host RAM holds one loaded tensor beside the arena at a time. Returns each expert's slots."""
+    slots = {expert: _slots(experts.expert(expert), streamed) for expert in EXPERTS}
+    places = iter([arena.place(nbytes(part)) for expert in EXPERTS for slot in slots[expert]
+                   for part in plain_parts(slot.get()) if part.is_contiguous()])
+    arena.open()
+
+    def host(part: torch.Tensor) -> torch.Tensor:
+        if not part.is_contiguous():
+            return part.cpu().pin_memory() if arena.pin else part.clone()  # keeps its strides (none in Wan)
+        mirror = arena.view(next(places), part)
+        if arena.writes:
+            mirror.copy_(part)
+        return mirror
+
+    for slot in (slot for expert in EXPERTS for slot in slots[expert]):
+        slot.mirror = rebuild(slot.get().detach(), host)
+        slot.set(slot.mirror)
+    arena.filled()
+    return slots
+
+
 @dataclass
 class ExpertState:
     slots: list[Slot]
@@ -186,12 +223,7 @@ class SwapResidency(Residency):
         self.running: str | None = None
         self.states: dict[str, ExpertState] = {}
         self.by_name: dict[str, dict[str, Slot]] = {}
-        slots = {expert: self._slots(experts.expert(expert), streamed) for expert in EXPERTS}
-        places = [self.arena.place(nbytes(part)) for expert in EXPERTS for slot in slots[expert]
-                  for part in plain_parts(slot.get()) if part.is_contiguous()]
-        self.arena.open()
-        self._mirror([slot for expert in EXPERTS for slot in slots[expert]], iter(places))
-        self.arena.filled()
+        slots = host_copy(experts, self.arena, streamed)
         for expert in EXPERTS:
             self.states[expert] = ExpertState(slots[expert], sum(nbytes(s.mirror) for s in slots[expert] if s.moved))
             self.by_name[expert] = {slot.name: slot for slot in slots[expert]}
@@ -215,32 +247,6 @@ class SwapResidency(Residency):
                  "moved per swap) on the GPU at a time")]
 
     # setup
-
-    def _slots(self, module: torch.nn.Module, streamed) -> list[Slot]:
-        slots = []
-        for module_name, sub in module.named_modules():
-            moved = streamed is None or not streamed(module_name, sub)
-            entries = [("parameter", attr, p) for attr, p in sub._parameters.items() if p is not None]
-            entries += [("buffer", attr, b) for attr, b in sub._buffers.items() if b is not None]
-            for kind, attr, _ in entries:
-                name = f"{module_name}.{attr}" if module_name else attr
-                slots.append(Slot(sub, kind, attr, name, mirror=None, moved=moved))  # type: ignore[arg-type]
-        return slots
-
-    def _mirror(self, slots: list[Slot], places) -> None:
-        """Each slot's host mirror, in the placed slices (filled where this process writes them), made
-        the weight at once: the loaded copy is freed slot by slot (one copy at a time in host RAM)."""
-        def host(part: torch.Tensor) -> torch.Tensor:
-            if not part.is_contiguous():
-                return part.cpu().pin_memory() if self.cuda else part.clone()  # keeps its strides (none in Wan)
-            mirror = self.arena.view(next(places), part)
-            if self.arena.writes:
-                mirror.copy_(part)
-            return mirror
-
-        for slot in slots:
-            slot.mirror = rebuild(slot.get().detach(), host)
-            slot.set(slot.mirror)
 
     # moving
 
@@ -449,7 +455,7 @@ class ShardResidency(Residency):
     def notes(self) -> list[str]:
         weights = f"({self.float8_layers} FP8 layers per expert, split with their scales)" if self.float8_layers else "(bf16)"
         return [f"residency shard: both experts on the GPUs, the blocks' Linear weights {weights} split over "
-                f"{self.sp_degree} ranks by cache-dit's tensor-parallel plan for Wan (no host copies)"]
+                f"{self.sp_degree} ranks by cache-dit's tensor-parallel plan for Wan (no host copy kept)"]
 
 
 def make_residency(plan: str, experts: DualExperts, device: torch.device, *, dtype: str, sp_degree: int,

@@ -21,10 +21,10 @@ from ..model.engine import (
 from ..model.engine_check import check_engine, check_shard
 from ..model.files import model_config_for
 from ..model.fused_block import fuse_block_ops
-from ..model.host_mirrors import share_decision
+from ..model.host_mirrors import SharedArena, share_decision
 from ..model.loading import DualExperts, load_experts
 from ..model.lora_patching import LoraPatcher
-from ..model.residency import Residency, make_residency
+from ..model.residency import Residency, host_copy, make_residency
 from .topology import LocalTopology, Topology
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ STREAM_FP8_COMPILE_NOTE = ("compile is off under the 'stream' plan with FP8 weig
                            "streamed float8 weights yet): the blocks run eager, measured 0.99x resident FP8 eager")
 SHARED_NOTE = ("host RAM: one copy of both experts for the whole group (rank 0 reads the files; the other workers "
                "build their experts empty and map its copy)")
+SHARD_SHARED_NOTE = ("host RAM while loading: one copy of both experts for the whole group (rank 0 reads the files; "
+                     "every worker takes its share from that copy to its GPU, and the copy is freed)")
 SHARED_QUANTIZED_NOTE = ("host RAM: one copy of both experts for the whole group (every worker reads and quantizes "
                          "its weights, then keeps only rank 0's copy)")
 
@@ -119,13 +121,17 @@ class Runtime:
             engine = dataclasses.replace(engine, compile=False)
             notes.append(STREAM_FP8_COMPILE_NOTE)
             log.warning("%s", STREAM_FP8_COMPILE_NOTE)
-        shared = plan in ("swap", "stream") and share_decision(
+        # shard: the experts whole in host RAM only while each worker takes its share of them; with the
+        # FP8 Quantize node every worker quantizes its own (all of it, before the split) anyway
+        shareable = plan in ("swap", "stream") or (plan == "shard" and engine.quantize is None)
+        shared = shareable and share_decision(
             topology.control, memory.mirror_bytes(model_config_for(spec), spec.dtype, quantized))
         # an fp8_scaled file's float8 weights come as stored: empty ones take rank 0's as well;
         # the FP8 Quantize node's are computed from each worker's own bf16 weights first
         empty = shared and dist.get_rank(topology.control) != 0 and engine.quantize is None
         if shared:
-            notes.append(SHARED_NOTE if engine.quantize is None else SHARED_QUANTIZED_NOTE)
+            notes.append(SHARD_SHARED_NOTE if plan == "shard" else
+                         SHARED_NOTE if engine.quantize is None else SHARED_QUANTIZED_NOTE)
         experts = load_experts(spec, torch.device("meta")) if empty else _load_for(plan, spec, device)
         compiled = compile_block_ops(engine, device)
         for module in (experts.high, experts.low):  # before any hook wraps a block's forward
@@ -138,6 +144,8 @@ class Runtime:
         split_first = plan != "shard"
         if not split_first:
             notes += quantize_experts(runtime.experts, engine)
+            if shared:  # empty experts take rank 0's weights, and each worker its share of them
+                host_copy(runtime.experts, SharedArena(topology.control, register=False))
         if parallelize is not None:
             parallelize(runtime.experts)
         notes += set_attention_backend(runtime.experts, engine, device)
@@ -147,7 +155,7 @@ class Runtime:
         runtime.engine_notes = notes
         apply_memory_fraction(device)  # here: a random preset is built on the device before (see _load_for)
         runtime.residency = make_residency(plan, runtime.experts, device, dtype=spec.dtype, sp_degree=ulysses,
-                                           shared_group=topology.control if shared else None)
+                                           shared_group=topology.control if shared and split_first else None)
         log.info("residency plan %s on %s", plan, device)
         return runtime
 
