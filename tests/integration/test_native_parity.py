@@ -321,6 +321,8 @@ class Case:
     split: int = SPLIT
     loras: tuple[Lora, ...] = ()
     i2v: bool = False
+    gpus: str = "cpu"  # the pack's ranks: "cpu:2", two gloo ranks (Ulysses over them, or residency shard)
+    residency: str = "auto"
     tolerance: float = FP32_TOL
 
     @property
@@ -341,6 +343,8 @@ CASES = [
     Case("fp32-cfg1-beta", cfg=1.0, scheduler="beta"),
     Case("fp32-cfg3.5-beta", scheduler="beta"),
     Case("fp32-cfg3.5+2-beta-split2-shift5", cfg_low=2.0, scheduler="beta", split=2, shift=5.0),
+    Case("fp32-cfg3.5-simple-ulysses2", gpus="cpu:2"),
+    Case("fp32-cfg3.5-simple-shard2", gpus="cpu:2", residency="shard"),
     *[Case(f"fp32-lora-{fmt}", loras=per_expert(fmt), cfg=1.0 if i % 2 else 3.5,
            scheduler="beta" if i % 3 == 1 else "simple") for i, fmt in enumerate(LORA_FORMATS)],
     Case("fp32-lora-stack", loras=(Lora("diffusion_model_high.safetensors", 0.7, 0.0),
@@ -353,6 +357,8 @@ CASES = [
          tolerance=BF16_TOL),
     Case("fp8_scaled-fp32-cfg3.5-simple", files="t2v_{}_fp8_scaled", tolerance=FP8_FILE_TOL),
     Case("fp8_scaled-fp32-cfg1-beta", files="t2v_{}_fp8_scaled", cfg=1.0, scheduler="beta", tolerance=FP8_FILE_TOL),
+    Case("fp8_scaled-fp32-cfg3.5-simple-shard2", files="t2v_{}_fp8_scaled", gpus="cpu:2", residency="shard",
+         tolerance=FP8_FILE_TOL),
     Case("fp8_scaled-bf16-cfg3.5-simple", files="t2v_{}_fp8_scaled", dtype="bf16", tolerance=BF16_TOL),
     Case("fp8_scaled-fp8bias-fp32-cfg3.5-simple", files="t2v_{}_fp8_scaled_fp8bias"),
     # ComfyUI re-quantizes a LoRA-patched fp8 weight to float8 (stochastic rounding, seeded by the key);
@@ -412,8 +418,8 @@ def parity_prompt(case: Case, tag: str) -> dict:
     sampled = node("pack_sampler", "CacheDiT_UlyssesParallelSampler", model=pack, positive=positive,
                    negative=negative, latent=latent, seed=SEED, steps=case.steps, cfg=case.cfg,
                    cfg_low_noise=case.low_cfg, shift=case.shift, sampler_name="euler", scheduler=case.scheduler,
-                   expert_switch="step", switch_step=case.split, gpus="cpu", ulysses_degree=0, cfg_parallel=False,
-                   compile=False, attention_backend="auto")
+                   expert_switch="step", switch_step=case.split, gpus=case.gpus, ulysses_degree=0, cfg_parallel=False,
+                   compile=False, attention_backend="auto", residency=case.residency)
     node("save_pack", "SaveLatent", samples=sampled, filename_prefix=f"parity/{tag}_pack")
     return p
 
