@@ -3,9 +3,9 @@ single files (fp8_scaled too), and PSNR for decoded frames."""
 
 from __future__ import annotations
 
-import gc
 import importlib
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -38,13 +38,13 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def gloo_rank(rank: int, port: int, work: Callable[..., Any], queue, *args: Any) -> None:
-    """A spawned rank of 2 on gloo: puts ``work(rank, *args)`` on ``queue``. The group is left once
-    what used it is freed: gloo's thread frees a collective's last tensors, and if Python is
-    shutting down by then, the process aborts."""
+    """A spawned rank of 2 on gloo: puts ``work(rank, *args)`` on ``queue`` (a SimpleQueue: written
+    at once), then ends without Python's shutdown, as the workers do (gloo's threads may still be
+    freeing the last collective's tensors, which aborts the process during shutdown)."""
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     queue.put(work(rank, *args))
-    gc.collect()
     dist.destroy_process_group()
+    os._exit(0)
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:

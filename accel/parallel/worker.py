@@ -6,7 +6,6 @@ ComfyUI and never needs to know the name ComfyUI gave the pack.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -209,7 +209,7 @@ class Worker:
                                     {"latent": result.latent}))
 
 
-def main() -> int:
+def main() -> NoReturn:
     config = WorkerConfig.from_env()
     die_with_parent(config.parent_pid)
     setup_logging(os.environ.get("ACCEL_VERBOSE") == "1")
@@ -217,8 +217,7 @@ def main() -> int:
     key = bytes.fromhex(os.environ.pop("ACCEL_CHANNEL_KEY", ""))
     conn = connect(("127.0.0.1", config.channel_port), key) if config.rank == 0 else None
     try:
-        worker = Worker(config, conn)
-        worker.serve()
+        Worker(config, conn).serve()
     except Exception as error:  # noqa: BLE001 (report anything, then die: the host tears the group down)
         traceback.print_exc()
         if conn is not None:
@@ -229,9 +228,9 @@ def main() -> int:
                 pass
         sys.stderr.flush()
         os._exit(1)
-    # The experts' hooks and processors hold the groups: freed first, so that no collective's
-    # tensors are left for gloo's thread to free while Python shuts down (that aborts the process).
-    del worker
-    gc.collect()
     dist.destroy_process_group()
-    return 0
+    # Ended without Python's shutdown, as on failure: gloo's threads may still be freeing the last
+    # collective's tensors, which takes the interpreter (during its shutdown that aborts the process).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
