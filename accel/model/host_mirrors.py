@@ -1,4 +1,5 @@
-"""Host memory for the swap / stream plans' mirrors (residency.py), handed out in slices of chunks.
+"""Host memory for the swap / stream plans' mirrors and shard's loading copy (residency.py),
+handed out in slices of chunks.
 
 - ``PinnedArena``: one worker's own chunks. PyTorch's pinned allocator rounds each allocation up
   to a power of two (up to 2x the host RAM for per-tensor mirrors); chunks of a power-of-two size
