@@ -160,7 +160,7 @@ def activation_bytes(config: Mapping[str, Any], dtype: str, tokens_per_rank: int
 
 
 def mirror_bytes(config: Mapping[str, Any], dtype: str, quantized: bool) -> int:
-    """Both experts' host mirrors under swap / stream (one set per worker, or one per group)."""
+    """Both experts in host RAM: swap / stream's mirrors, shard's loading copy (one per worker, or one per group)."""
     return 2 * expert_size(config).bytes(DTYPE_BYTES[dtype], quantized)
 
 

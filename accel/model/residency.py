@@ -461,7 +461,7 @@ class ShardResidency(Residency):
 def make_residency(plan: str, experts: DualExperts, device: torch.device, *, dtype: str, sp_degree: int,
                    shared_group=None) -> Residency:
     """``shared_group``: the gloo group of every worker, whose swap / stream mirrors are one shared
-    copy (host_mirrors.share_decision said so); None: this worker's own."""
+    copy (host_mirrors.share_decision said so); None: this worker's own. Shard keeps no mirrors."""
     if plan == "resident":
         return Residency()
     if plan == "shard":

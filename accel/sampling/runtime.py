@@ -101,10 +101,11 @@ class Runtime:
              topology: Topology | None = None, loras: LoraChain = (), tokens: int = 0) -> "Runtime":
         """Load the experts, fuse their blocks' elementwise ops, attach cache hooks, merge the LoRA
         chain, then (in cache-dit's order) parallelism, attention backend, quantization and compile
-        (shard: quantization before the split); last, place the weights by the residency plan. Under swap and stream the experts load into
-        host memory and everything up to quantization runs there (cache-dit's torchao quantization
-        takes CPU modules when CUDA is present); then both get pinned host mirrors and the
-        high-noise expert goes to the device. ``tokens``: the job size, only for an "auto" plan
+        (shard: quantization before the split); last, place the weights by the residency plan.
+        Under swap, stream and shard the experts load into host memory and everything up to
+        quantization runs there (cache-dit's torchao quantization takes CPU modules when CUDA is
+        present); then swap / stream give both pinned host mirrors and the high-noise expert goes to
+        the device, shard moves each rank's share there. ``tokens``: the job size, only for an "auto" plan
         that no host resolved."""
         device = torch.device(device)
         engine = engine or EngineOptions()
@@ -141,21 +142,20 @@ class Runtime:
         runtime.loras.apply(loras, quantized=False, write=not empty)
         # shard quantizes the whole weights, then splits them with their scales: each rank holds
         # its part of what resident computes with (per-part scales would differ)
-        split_first = plan != "shard"
-        if not split_first:
+        if plan == "shard":
             notes += quantize_experts(runtime.experts, engine)
             if shared:  # empty experts take rank 0's weights, and each worker its share of them
                 host_copy(runtime.experts, SharedArena(topology.control, register=False))
         if parallelize is not None:
             parallelize(runtime.experts)
         notes += set_attention_backend(runtime.experts, engine, device)
-        if split_first:
+        if plan != "shard":
             notes += quantize_experts(runtime.experts, engine)
         compile_experts(runtime.experts, engine)
         runtime.engine_notes = notes
         apply_memory_fraction(device)  # here: a random preset is built on the device before (see _load_for)
         runtime.residency = make_residency(plan, runtime.experts, device, dtype=spec.dtype, sp_degree=ulysses,
-                                           shared_group=topology.control if shared and split_first else None)
+                                           shared_group=topology.control if shared else None)
         log.info("residency plan %s on %s", plan, device)
         return runtime
 
